@@ -1,0 +1,23 @@
+// Element operations of gradient accumulation. Shared by CPU and CUDA.
+#pragma once
+
+#include "adam_math.h"
+
+namespace fused_accum {
+
+// buffer += scale * grad, in float whatever the storage types, so low-precision
+// gradients are summed without low-precision rounding at every micro-batch.
+// Returns the updated value for callers that gather its square.
+template <typename B, typename G>
+FA_HOST_DEVICE float accumulate_element(B& buffer, G grad, float scale) {
+  const float updated = static_cast<float>(buffer) + scale * static_cast<float>(grad);
+  buffer = static_cast<B>(updated);
+  return updated;
+}
+
+FA_HOST_DEVICE double square_as_double(float x) {
+  const double d = static_cast<double>(x);
+  return d * d;
+}
+
+}  // namespace fused_accum

@@ -1,0 +1,91 @@
+// The Adam/AdamW element update: the only place the formula lives.
+// Included by the CPU kernels (compiled as host code) and by the CUDA kernels
+// (compiled as device code), so a change here reaches both backends at once.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define FA_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define FA_HOST_DEVICE inline __attribute__((always_inline))
+#endif
+
+namespace fused_accum {
+
+enum class DecayMode : int {
+  kL2 = 0,         // classic Adam: g += wd * p, so decay flows into both moments
+  kDecoupled = 1,  // AdamW: p *= 1 - lr * wd, the moments never see the decay
+};
+
+// Per-tensor constants of one step, in the math type T (float, or double for
+// float64 params). They are derived in double from the step count, as torch
+// does, and rounded to T once, so every element sees the same values.
+template <typename T>
+struct AdamScalars {
+  T weight_decay;
+  T decay_factor;    // 1 - lr * wd, for the decoupled mode
+  T lerp_weight;     // exp_avg.lerp_(g, 1 - beta1), written as fma(w, g - m, base)
+  bool lerp_from_grad;  // torch's lerp takes the base from g when |1 - beta1| >= 0.5
+  T beta2;
+  T one_minus_beta2;
+  T bias_correction2_sqrt;
+  T eps;
+  T neg_step_size;   // -lr / (1 - beta1^step)
+};
+
+// Host and device: the CUDA kernels derive these on the GPU from a step count
+// and lr that live there, so a captured graph needs no host round trip.
+template <typename T>
+FA_HOST_DEVICE AdamScalars<T> make_adam_scalars(double lr, double beta1,
+                                                double beta2, double weight_decay,
+                                                double eps, double step) {
+  const double bias_correction1 = 1.0 - pow(beta1, step);
+  const double bias_correction2 = 1.0 - pow(beta2, step);
+  const double lerp_weight = 1.0 - beta1;
+  AdamScalars<T> s;
+  s.weight_decay = static_cast<T>(weight_decay);
+  s.decay_factor = static_cast<T>(1.0 - lr * weight_decay);
+  s.lerp_from_grad = !(fabs(lerp_weight) < 0.5);
+  s.lerp_weight = static_cast<T>(s.lerp_from_grad ? lerp_weight - 1.0 : lerp_weight);
+  s.beta2 = static_cast<T>(beta2);
+  s.one_minus_beta2 = static_cast<T>(1.0 - beta2);
+  s.bias_correction2_sqrt = static_cast<T>(sqrt(bias_correction2));
+  s.eps = static_cast<T>(eps);
+  s.neg_step_size = static_cast<T>(-(lr / bias_correction1));
+  return s;
+}
+
+FA_HOST_DEVICE float fa_fma(float a, float b, float c) { return fmaf(a, b, c); }
+FA_HOST_DEVICE double fa_fma(double a, double b, double c) { return fma(a, b, c); }
+FA_HOST_DEVICE float fa_sqrt(float a) { return sqrtf(a); }
+FA_HOST_DEVICE double fa_sqrt(double a) { return sqrt(a); }
+
+// One element of one Adam step. `g` is the gradient after any unscaling;
+// `max_v` is read and written only when AMSGRAD. The operations, and which of
+// them are fused multiply-adds, follow torch's fused CPU kernel as its compiler
+// emits it, so float32 results agree bit for bit. The kernels are compiled
+// without floating-point contraction: the fmas below are the only ones, on the
+// CPU and on the GPU alike.
+template <DecayMode MODE, bool AMSGRAD, bool MAXIMIZE, typename T>
+FA_HOST_DEVICE void adam_update(T& p, T g, T& m, T& v, T& max_v,
+                                const AdamScalars<T>& s) {
+  if (MAXIMIZE) g = -g;
+  if (MODE == DecayMode::kL2) {
+    g = fa_fma(p, s.weight_decay, g);
+  } else {
+    p = p * s.decay_factor;
+  }
+  m = fa_fma(s.lerp_weight, g - m, s.lerp_from_grad ? g : m);
+  v = fa_fma(s.one_minus_beta2 * g, g, v * s.beta2);
+  T second_moment = v;
+  if (AMSGRAD) {
+    max_v = max_v > v ? max_v : v;
+    second_moment = max_v;
+  }
+  const T denom = fa_sqrt(second_moment) / s.bias_correction2_sqrt + s.eps;
+  p = p + s.neg_step_size * m / denom;
+}
+
+}  // namespace fused_accum
