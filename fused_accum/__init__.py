@@ -1,5 +1,6 @@
 """fused_accum: fused Adam/AdamW steps and gradient accumulation for PyTorch."""
 
 from ._loader import build_info
+from .optim import FusedAdam, FusedAdamW
 
-__all__ = ["build_info"]
+__all__ = ["FusedAdam", "FusedAdamW", "build_info"]

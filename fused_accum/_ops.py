@@ -1,0 +1,44 @@
+"""Fake (meta) implementations of the fused_accum operators.
+
+The kernels are registered from C++ (csrc/schemas.cpp, csrc/cpu, csrc/cuda); these
+tell torch.compile and FakeTensor what each operator returns without running it.
+"""
+
+import torch
+
+from . import _loader  # noqa: F401  (loads the extension, which defines the schemas)
+
+_ADAM_OVERLOADS = (
+    "fused_accum::adam_step_",
+    "fused_accum::adam_step_.tensor_lr",
+    "fused_accum::adam_window_step_",
+    "fused_accum::adam_window_step_.tensor_lr",
+)
+
+
+def _mutates_only(*args, **kwargs):
+    return None
+
+
+for _name in _ADAM_OVERLOADS:
+    torch.library.register_fake(_name)(_mutates_only)
+
+torch.library.register_fake("fused_accum::accumulate_")(_mutates_only)
+
+
+def _scalar_like(tensors):
+    device = tensors[0].device if len(tensors) else torch.device("cpu")
+    return torch.empty((), dtype=torch.float32, device=device)
+
+
+@torch.library.register_fake("fused_accum::accumulate_sumsq_")
+def _accumulate_sumsq_fake(buffers, grads, *, scale=1.0):
+    return _scalar_like(buffers)
+
+
+@torch.library.register_fake("fused_accum::sum_of_squares")
+def _sum_of_squares_fake(tensors):
+    return _scalar_like(tensors)
+
+
+ops = torch.ops.fused_accum

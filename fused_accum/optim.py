@@ -1,0 +1,176 @@
+"""FusedAdam and FusedAdamW: torch.optim.Adam and AdamW whose step runs fused kernels.
+
+They subclass the torch optimizers, so constructor, validation errors, param groups,
+state_dict layout, hooks, LR schedulers and GradScaler behave as torch's do; only
+step() differs: one operator call per (device, dtype) group instead of torch's loops.
+"""
+
+from collections import defaultdict
+
+import torch
+
+from ._ops import ops
+
+_STEP_DTYPE = torch.float32  # torch's fused and capturable layout for state["step"]
+
+
+def _refuse_differentiable(name, differentiable):
+    if differentiable:
+        raise RuntimeError(
+            f"{name} does not support differentiable=True: its step runs fused kernels "
+            f"that autograd cannot differentiate through; use torch.optim.{name[5:]} "
+            "with differentiable=True instead"
+        )
+
+
+class _TensorLists:
+    """The argument lists of one operator call: tensors of one device and dtype."""
+
+    __slots__ = ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "steps")
+
+    def __init__(self):
+        self.params, self.grads, self.exp_avgs = [], [], []
+        self.exp_avg_sqs, self.max_exp_avg_sqs, self.steps = [], [], []
+
+    def as_args(self):
+        return (self.params, self.grads, self.exp_avgs, self.exp_avg_sqs,
+                self.max_exp_avg_sqs, self.steps)
+
+
+def _real(t):
+    # torch steps complex params as pairs of reals; so do the kernels.
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def hyperparams(group):
+    """The keyword arguments every Adam operator takes, from a param group."""
+    beta1, beta2 = group["betas"]
+    return dict(
+        beta1=float(beta1),
+        beta2=float(beta2),
+        weight_decay=float(group["weight_decay"]),
+        eps=float(group["eps"]),
+        amsgrad=bool(group["amsgrad"]),
+        maximize=bool(group["maximize"]),
+        decoupled_weight_decay=bool(group["decoupled_weight_decay"]),
+    )
+
+
+def lr_for(group, device):
+    """group["lr"] as the operators take it: a float, or a tensor on `device`."""
+    lr = group["lr"]
+    if isinstance(lr, torch.Tensor):
+        return lr if lr.device == device else lr.to(device)
+    return float(lr)
+
+
+class _FusedAdamStep:
+    """State layout, grouping and the fused step shared by FusedAdam and FusedAdamW."""
+
+    def _state_of(self, p, amsgrad):
+        state = self.state[p]
+        if len(state) == 0:
+            state["step"] = torch.zeros((), dtype=_STEP_DTYPE, device=p.device)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if amsgrad:
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        elif amsgrad and "max_exp_avg_sq" not in state:
+            # amsgrad switched on for a param that already has moments (torch would fail).
+            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    def group_tensors(self, group, grad_of=None):
+        """Splits a param group into per-(device, dtype) lists, creating state lazily.
+
+        `grad_of(p)` gives the gradient to step with (default p.grad); params for which
+        it is None are skipped, their state untouched, exactly as torch skips them.
+        """
+        amsgrad = group["amsgrad"]
+        grouped = defaultdict(_TensorLists)
+        for p in group["params"]:
+            grad = p.grad if grad_of is None else grad_of(p)
+            if grad is None:
+                continue
+            if grad.is_sparse:
+                raise RuntimeError(
+                    "Adam does not support sparse gradients, please consider SparseAdam instead"
+                )
+            state = self._state_of(p, amsgrad)
+            param = _real(p)
+            lists = grouped[(param.device, param.dtype)]
+            lists.params.append(param)
+            lists.grads.append(_real(grad))
+            lists.exp_avgs.append(_real(state["exp_avg"]))
+            lists.exp_avg_sqs.append(_real(state["exp_avg_sq"]))
+            if amsgrad:
+                lists.max_exp_avg_sqs.append(_real(state["max_exp_avg_sq"]))
+            lists.steps.append(state["step"])
+        return grouped
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Performs one optimization step; `closure` re-evaluates the model, as in torch."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        # Set by torch.amp.GradScaler.step, since _step_supports_amp_scaling is True.
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        for group in self.param_groups:
+            hyper = hyperparams(group)
+            for (device, _), lists in self.group_tensors(group).items():
+                lr = lr_for(group, device)
+                step_op = ops.adam_step_.tensor_lr if isinstance(lr, torch.Tensor) else ops.adam_step_
+                step_op(*lists.as_args(), lr=lr, **hyper,
+                        grad_scale=_to(grad_scale, device), found_inf=_to(found_inf, device))
+        return loss
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        # A checkpoint of a non-fused torch optimizer keeps "step" on the CPU, and in
+        # float64 when that was torch's default dtype; the kernels read it as a float32
+        # scalar next to the param.
+        for p, state in self.state.items():
+            step = state.get("step")
+            if step is not None:
+                state["step"] = torch.as_tensor(step, dtype=_STEP_DTYPE).reshape(()).to(p.device)
+
+
+def _to(t, device):
+    if t is None or t.device == device:
+        return t
+    return t.to(device)
+
+
+class FusedAdam(_FusedAdamStep, torch.optim.Adam):
+    """torch.optim.Adam with a fused step (CPU and CUDA).
+
+    Same arguments as torch.optim.Adam. ``foreach``, ``fused`` and ``capturable`` are
+    accepted and stored like torch stores them; the step is always the fused kernel.
+    ``decoupled_weight_decay=True`` gives AdamW. ``differentiable=True`` is refused.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 amsgrad=False, *, foreach=None, maximize=False, capturable=False,
+                 differentiable=False, fused=None, decoupled_weight_decay=False):
+        _refuse_differentiable("FusedAdam", differentiable)
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
+                         maximize=maximize, capturable=capturable,
+                         differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=decoupled_weight_decay)
+        self._step_supports_amp_scaling = True
+
+
+class FusedAdamW(_FusedAdamStep, torch.optim.AdamW):
+    """torch.optim.AdamW with a fused step (CPU and CUDA); same arguments as AdamW."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, *, maximize=False, foreach=None, capturable=False,
+                 differentiable=False, fused=None):
+        _refuse_differentiable("FusedAdamW", differentiable)
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
+                         foreach=foreach, capturable=capturable,
+                         differentiable=differentiable, fused=fused)
+        self._step_supports_amp_scaling = True
