@@ -1,0 +1,76 @@
+"""Renders Tables: aligned text for the terminal, markdown for the README, JSON.
+
+Text and markdown share one list of cells, so they always show the same numbers.
+"""
+
+import json
+
+HEADER = ("variant", "median ms", "IQR ms", "GB/s", "of roofline", "ours faster by",
+          "peak extra MB")
+
+
+def _fmt(value, spec, missing="-"):
+    return missing if value is None else format(value, spec)
+
+
+def _ms(value):
+    # Enough digits for both a 20 us small-tensor step and a 5 s 1B step.
+    return f"{value:.3g}" if value < 10 else f"{value:.1f}"
+
+
+def cells(table):
+    """The table's rows as strings, in HEADER's order."""
+    rows = []
+    for r in table.rows:
+        speedup = table.speedup_of_ours(r)
+        peak = None if r.peak_extra_bytes is None else r.peak_extra_bytes / 1e6
+        rows.append((r.variant, _ms(r.median_ms), f"{_ms(r.samples.q1)}-{_ms(r.samples.q3)}",
+                     f"{r.gbps:.1f}", _fmt(table.roofline_fraction(r), ".0%"),
+                     _fmt(speedup, ".2f") + ("x" if speedup is not None else ""),
+                     _fmt(peak, ".0f", "n/a")))
+    return rows
+
+
+def _caption(table):
+    lines = [table.title]
+    if table.roofline_gbps:
+        lines.append(f"roofline {table.roofline_gbps:.1f} GB/s, measured in this run")
+    return lines
+
+
+def text(tables):
+    out = []
+    for table in tables:
+        out += _caption(table)
+        body = cells(table)
+        if body:
+            widths = [max(len(row[i]) for row in [HEADER] + body) for i in range(len(HEADER))]
+            for row in [HEADER] + body:
+                out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                     for i, (c, w) in enumerate(zip(row, widths))))
+        out += [f"note: {n}" for n in table.notes]
+        out.append("")
+    return "\n".join(out)
+
+
+def markdown(tables):
+    """Markdown tables for the README: a caption line, the table, its notes."""
+    out = []
+    for table in tables:
+        out.append("**" + "; ".join(_caption(table)) + "**")
+        out.append("")
+        body = cells(table)
+        if body:
+            out.append("| " + " | ".join(HEADER) + " |")
+            out.append("|" + "|".join(["---"] + ["---:"] * (len(HEADER) - 1)) + "|")
+            out += ["| " + " | ".join(row) + " |" for row in body]
+            out.append("")
+        out += [f"- {n}" for n in table.notes]
+        out.append("")
+    return "\n".join(out)
+
+
+def write_json(path, tables, meta):
+    with open(path, "w") as f:
+        json.dump(dict(meta=meta, tables=[t.to_dict() for t in tables]), f, indent=1)
+        f.write("\n")

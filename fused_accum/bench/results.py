@@ -1,0 +1,69 @@
+"""Results of a run: one Table per measured configuration, one Row per variant.
+
+Derived numbers (GB/s, fraction of the roofline, speedup of ours) are computed here,
+once, so the text table, the markdown table, the JSON and the plot agree.
+"""
+
+from dataclasses import dataclass, field
+
+from .variants import OURS
+
+
+@dataclass
+class Row:
+    variant: str
+    samples: object            # timing.Samples
+    bytes_per_call: int        # nominal memory traffic of one call
+    peak_extra_bytes: int = None
+
+    @property
+    def median_ms(self):
+        return self.samples.median
+
+    @property
+    def gbps(self):
+        return self.bytes_per_call / self.median_ms / 1e6
+
+
+@dataclass
+class Table:
+    scenario: str
+    title: str
+    shape_set: str
+    params: int
+    tensors: int
+    dtype: str
+    device: str
+    roofline_gbps: float = None
+    rows: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    def row(self, variant):
+        return next((r for r in self.rows if r.variant == variant), None)
+
+    def roofline_fraction(self, row):
+        if not self.roofline_gbps:
+            return None
+        return row.gbps / self.roofline_gbps
+
+    def speedup_of_ours(self, row):
+        """How many times faster ours is than `row` (None for ours, or without ours)."""
+        ours = self.row(OURS)
+        if ours is None or row is ours:
+            return None
+        return row.median_ms / ours.median_ms
+
+    def to_dict(self):
+        return dict(
+            scenario=self.scenario, title=self.title, shape_set=self.shape_set,
+            params=self.params, tensors=self.tensors, dtype=self.dtype, device=self.device,
+            roofline_gbps=self.roofline_gbps, notes=list(self.notes),
+            rows=[self._row_dict(r) for r in self.rows])
+
+    def _row_dict(self, r):
+        s = r.samples
+        return dict(
+            variant=r.variant, median_ms=s.median, q1_ms=s.q1, q3_ms=s.q3, min_ms=s.min,
+            max_ms=s.max, samples_ms=list(s.ms), bytes_per_call=r.bytes_per_call,
+            gb_per_s=r.gbps, roofline_fraction=self.roofline_fraction(r),
+            speedup_of_ours=self.speedup_of_ours(r), peak_extra_bytes=r.peak_extra_bytes)

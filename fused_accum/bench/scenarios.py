@@ -1,0 +1,216 @@
+"""What is measured. Each scenario takes the run's Settings and returns Tables.
+
+A tensor set is allocated once and reused by every variant; each variant's optimizer
+(and so its state) is dropped before the next one is built, so memory holds one
+state at a time.
+"""
+
+import gc
+from dataclasses import dataclass
+
+import torch
+
+from . import shapes
+from .memory import fits, peak_extra_bytes
+from .progress import Progress
+from .results import Row, Table
+from .roofline import ADAM_STREAMS, adam_bytes, copy_kernel, roofline_gbps, stream_kernel
+from .tensors import make_params, set_bytes
+from .timing import time_call
+from .variants import ADAM_L2, ADAMW, OURS, peers_skipped_reason, variants
+from .window import WINDOW_STREAMS, torch_window, ours_window
+
+
+@dataclass
+class Settings:
+    device: torch.device
+    dtype: torch.dtype = None   # None: the scenario's own choice
+    repeats: int = 5
+    warmup: int = 2
+    quick: bool = False
+    peers: bool = False
+    progress: Progress = None
+
+    def say(self, message):
+        if self.progress is not None:
+            self.progress.say(message)
+
+
+def dtype_name(dtype):
+    return str(dtype).removeprefix("torch.")
+
+
+# ---- building blocks ---------------------------------------------------------------
+
+def _new_table(scenario, title, shape_set, dtype, settings):
+    return Table(scenario=scenario, title=title, shape_set=shape_set.name,
+                 params=shape_set.numel, tensors=shape_set.tensors,
+                 dtype=dtype_name(dtype), device=str(settings.device))
+
+
+def _allocate(shape_set, dtype, settings, notes):
+    """params with grads, or None (with a note) when p, g, m and v would not fit."""
+    one_set = set_bytes(shape_set, dtype)
+    if not fits(4 * one_set, 4 * one_set, settings.device):
+        notes.append(f"{shape_set.name} {dtype_name(dtype)} skipped: params, grads and two "
+                     f"moments need {4 * one_set / 1e9:.1f} GB, more than this run may use")
+        settings.say(notes[-1])
+        return None
+    settings.say(f"allocating {shape_set.name} ({shapes.human_count(shape_set.numel)} params,"
+                 f" {shape_set.tensors} tensors, {dtype_name(dtype)})")
+    return make_params(shape_set, dtype, settings.device)
+
+
+def _measure_roofline(params, settings):
+    settings.say("  roofline")
+    with torch.no_grad():
+        return roofline_gbps(params, [p.grad for p in params], settings.repeats,
+                             settings.warmup)
+
+
+def _time_variant(table, variant, params, settings):
+    """Adds variant's row to table, unless its temporaries would not fit in memory."""
+    one_set = sum(p.numel() * p.element_size() for p in params)
+    new = int((2 + variant.extra_param_sets) * one_set)  # moments + temporaries
+    if not fits(new, 2 * one_set + new, settings.device):
+        table.notes.append(f"{variant.name} skipped: its state and temporaries "
+                           f"(about {new / 1e9:.1f} GB) would not fit in memory")
+        settings.say("  " + table.notes[-1])
+        return
+    settings.say(f"  {variant.name}")
+    optimizer = variant.make(params)
+    samples = time_call(optimizer.step, settings.device, settings.repeats, settings.warmup)
+    peak = peak_extra_bytes(optimizer.step, settings.device)
+    table.rows.append(Row(variant.name, samples, adam_bytes(params), peak))
+    settings.say(f"    median {samples.median:.2f} ms")
+    del optimizer
+    gc.collect()
+
+
+def _step_tables(scenario, shape_set, dtype, algorithms, settings, title_prefix="",
+                 only=None):
+    """One table per algorithm over one tensor set, sharing its roofline.
+
+    `only`: the names of the variants to time (default: all).
+    """
+    notes = []
+    params = _allocate(shape_set, dtype, settings, notes)
+    if params is None:
+        table = _new_table(scenario, f"{title_prefix}{shape_set.name} {dtype_name(dtype)}",
+                           shape_set, dtype, settings)
+        table.notes = notes
+        return [table]
+    roofline = _measure_roofline(params, settings)
+    tables = []
+    for algorithm in algorithms:
+        title = (f"{title_prefix}one {algorithm.name} step, {shape_set.name} shapes "
+                 f"({shape_set.numel:,} params in {shape_set.tensors} tensors), "
+                 f"{dtype_name(dtype)}, {settings.device}")
+        table = _new_table(scenario, title, shape_set, dtype, settings)
+        table.roofline_gbps = roofline
+        settings.say(f"{scenario}: {algorithm.name} {shape_set.name} {dtype_name(dtype)}")
+        for variant in variants(algorithm, settings.device, settings.peers):
+            if only is None or variant.name in only:
+                _time_variant(table, variant, params, settings)
+        if settings.peers and only is None:
+            reason = peers_skipped_reason(settings.device)
+            if reason:
+                table.notes.append(reason)
+        tables.append(table)
+    del params
+    gc.collect()
+    return tables
+
+
+# ---- scenarios ---------------------------------------------------------------------
+
+def issue2(settings):
+    """The default step table: one AdamW step over GPT-2-small shapes."""
+    shape_set = shapes.GPT_TINY if settings.quick else shapes.GPT2_SMALL
+    dtype = settings.dtype or torch.float32
+    return _step_tables("step", shape_set, dtype, [ADAMW], settings, "Issue 2: ")
+
+
+def step(settings):
+    """AdamW and Adam+L2 over GPT-2-small and 1B shapes, in float32 and bfloat16."""
+    shape_sets = [shapes.GPT_TINY] if settings.quick else [shapes.GPT2_SMALL, shapes.GPT_1B]
+    dtypes = [settings.dtype] if settings.dtype else [torch.float32, torch.bfloat16]
+    return [table for shape_set in shape_sets for dtype in dtypes
+            for table in _step_tables("step", shape_set, dtype, [ADAMW, ADAM_L2], settings)]
+
+
+def small(settings):
+    """Many small tensors, where per-tensor overhead, not bandwidth, sets the time."""
+    sets = ([shapes.uniform(200, 1024), shapes.uniform(2000, 64)] if settings.quick else
+            [shapes.uniform(2000, 1024), shapes.uniform(20000, 64)])
+    dtype = settings.dtype or torch.float32
+    return [table for shape_set in sets
+            for table in _step_tables("small", shape_set, dtype, [ADAMW], settings)]
+
+
+def scaling(settings):
+    """Step time against param count, ours and torch fused, 1M to 1B log-spaced."""
+    counts = (shapes.log_spaced(10**5, 10**7, 3) if settings.quick else
+              shapes.log_spaced(10**6, 10**9, 7))
+    dtype = settings.dtype or torch.float32
+    return [table for count in counts
+            for table in _step_tables("scaling", shapes.flat(count), dtype, [ADAMW], settings,
+                                      only=(OURS, "torch fused"))]
+
+
+def roofline(settings):
+    """The measured memory bandwidth the other tables are compared with."""
+    shape_set = shapes.GPT_TINY if settings.quick else shapes.GPT2_SMALL
+    dtype = settings.dtype or torch.float32
+    table = _new_table("roofline", f"memory roofline: {shape_set.name} shapes, "
+                       f"{dtype_name(dtype)}, {settings.device}", shape_set, dtype, settings)
+    params = _allocate(shape_set, dtype, settings, table.notes)
+    if params is None:
+        return [table]
+    grads = [p.grad for p in params]
+    settings.say("roofline: stream kernels")
+    with torch.no_grad():
+        if settings.device.type == "cpu":
+            samples, moved = stream_kernel(params, grads, settings.repeats, settings.warmup)
+            table.rows.append(Row(f"stream_roofline_ ({ADAM_STREAMS} streams)", samples, moved))
+            table.roofline_gbps = table.rows[-1].gbps
+        samples, moved = copy_kernel(grads, settings.repeats, settings.warmup)
+        table.rows.append(Row("copy (2 streams)", samples, moved))
+        if table.roofline_gbps is None:
+            table.roofline_gbps = roofline_gbps(params, grads, settings.repeats, settings.warmup)
+    table.notes.append("fraction = GB/s over the 7-stream kernel on CPU, over a 1 GiB device "
+                       "copy on CUDA")
+    return [table]
+
+
+def window(settings):
+    """The end of an accumulation window: clip, step, zero the grads."""
+    shape_set = shapes.GPT_TINY if settings.quick else shapes.GPT2_SMALL
+    dtype = settings.dtype or torch.float32
+    table = _new_table("window", f"end of an accumulation window (clip to norm 1, AdamW step, "
+                       f"zero grads), {shape_set.name} shapes, {dtype_name(dtype)}, "
+                       f"{settings.device}", shape_set, dtype, settings)
+    table.notes.append(f"GB/s counts {WINDOW_STREAMS} streams per param: read g (norm), "
+                       "read p, g, m, v, write p, m, v, g (zeroed)")
+    params = _allocate(shape_set, dtype, settings, table.notes)
+    if params is None:
+        return [table]
+    table.roofline_gbps = _measure_roofline(params, settings)
+    for p in params:
+        p.grad = None  # the window's backward passes produce the grads
+    for name, measure in (("torch fused", torch_window), (OURS, ours_window)):
+        settings.say(f"window: {name}")
+        row = measure(params, settings)
+        if isinstance(row, str):
+            table.notes.append(row)
+            settings.say("  " + row)
+        else:
+            table.rows.append(row)
+            settings.say(f"    median {row.median_ms:.2f} ms")
+        gc.collect()
+    return [table]
+
+
+SCENARIOS = {"step": step, "small": small, "window": window, "roofline": roofline,
+             "scaling": scaling}
+DEFAULT = (roofline, issue2, small, window)

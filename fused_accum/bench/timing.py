@@ -1,0 +1,82 @@
+"""Times one call: warm-up, then one sample per call, reported as median and spread.
+
+Every sample is one call (a step takes milliseconds to seconds, far above the timer's
+resolution), so the spread shows run-to-run noise rather than being averaged away.
+"""
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Per-call times in milliseconds."""
+    ms: tuple
+
+    @property
+    def median(self):
+        return statistics.median(self.ms)
+
+    @property
+    def q1(self):
+        return self._quartiles()[0]
+
+    @property
+    def q3(self):
+        return self._quartiles()[2]
+
+    @property
+    def min(self):
+        return min(self.ms)
+
+    @property
+    def max(self):
+        return max(self.ms)
+
+    def _quartiles(self):
+        if len(self.ms) == 1:
+            return (self.ms[0],) * 3
+        # "inclusive": quartiles stay inside [min, max] for the few samples we take.
+        return statistics.quantiles(self.ms, n=4, method="inclusive")
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn, device, repeats, warmup, setup=None):
+    """Runs `setup(); fn()` warmup + repeats times; times only fn.
+
+    `setup` prepares each call untimed (for example refilling gradients that the
+    timed call zeroes). On CUDA each sample is bracketed by events after a
+    synchronize, so queued setup work is not counted and fn's kernels are.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    ms = []
+    for i in range(warmup + repeats):
+        if setup is not None:
+            setup()
+        elapsed = _time_once(fn, device)
+        if i >= warmup:
+            ms.append(elapsed)
+    return Samples(tuple(ms))
+
+
+def _time_once(fn, device):
+    if device.type == "cuda":
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end)
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3

@@ -1,0 +1,77 @@
+"""The optimizers compared: ours, torch's three Adam implementations, optional peers."""
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+import fused_accum
+
+OURS = "ours"
+LR = 1e-3
+WEIGHT_DECAY = 1e-2
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """Which update: AdamW (decoupled decay) or Adam with L2 decay in the gradient."""
+    name: str
+    ours: type
+    torch_class: type
+    decoupled: bool
+
+
+ADAMW = Algorithm("AdamW", fused_accum.FusedAdamW, torch.optim.AdamW, decoupled=True)
+ADAM_L2 = Algorithm("Adam+L2", fused_accum.FusedAdam, torch.optim.Adam, decoupled=False)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    make: Callable  # make(params) -> optimizer
+    # Temporaries a step allocates, in units of the whole param set (estimated from
+    # torch's implementations), so sets too big for memory are skipped, not swapped.
+    extra_param_sets: float = 0.0
+
+
+def variants(algorithm, device, peers=False):
+    """The variants to time for `algorithm` on `device`, ours first."""
+    hyper = dict(lr=LR, weight_decay=WEIGHT_DECAY)
+    torch_class = algorithm.torch_class
+    found = [
+        Variant(OURS, lambda ps: algorithm.ours(ps, **hyper)),
+        # One tensor at a time; temporaries of one tensor only.
+        Variant("torch for-loop", lambda ps: torch_class(ps, foreach=False, **hyper), 0.1),
+        # Whole-list temporaries: sqrt(v) always, plus g + wd*p for L2 decay.
+        Variant("torch foreach", lambda ps: torch_class(ps, foreach=True, **hyper),
+                1.0 if algorithm.decoupled else 2.0),
+        Variant("torch fused", lambda ps: torch_class(ps, fused=True, **hyper)),
+    ]
+    if peers:
+        found += peer_variants(algorithm, device)
+    return found
+
+
+def deepspeed_available():
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+def peer_variants(algorithm, device):
+    """DeepSpeedCPUAdam when deepspeed is installed and the params are on the CPU."""
+    if device.type != "cpu" or not deepspeed_available():
+        return []
+
+    def make(ps):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam  # JIT-builds its kernel once
+        return DeepSpeedCPUAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY,
+                                adamw_mode=algorithm.decoupled)
+    return [Variant("DeepSpeedCPUAdam", make)]
+
+
+def peers_skipped_reason(device):
+    if not deepspeed_available():
+        return "DeepSpeedCPUAdam skipped: deepspeed is not importable"
+    if device.type != "cpu":
+        return "DeepSpeedCPUAdam skipped: it steps CPU params only"
+    return None

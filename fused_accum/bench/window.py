@@ -1,0 +1,95 @@
+"""The end of an accumulation window, timed alone.
+
+Each sample first runs a window's micro-batches untimed (forward and backward of a
+model holding the params), then times only what ends the window:
+torch: clip_grad_norm_(foreach) + AdamW(fused=True).step() + zero_grad(set_to_none=False);
+ours: GradAccumulator.step() on the last micro-batch (norm pass + fused step pass that
+also zeroes the grads).
+"""
+
+import torch
+
+from .memory import peak_extra_bytes
+from .results import Row
+from .roofline import adam_bytes
+from .timing import time_call
+from .variants import LR, OURS, WEIGHT_DECAY
+
+MICRO_BATCHES = 2  # the window's length does not change the cost of its end
+MAX_GRAD_NORM = 1.0
+# Least traffic a window end needs: read g for the norm, then read p, g, m, v and
+# write p, m, v and g (zeroed).
+WINDOW_STREAMS = 9
+
+
+class ParamModel(torch.nn.Module):
+    """A model owning the params whose loss touches every one of them cheaply."""
+
+    def __init__(self, params):
+        super().__init__()
+        self.params = torch.nn.ParameterList(params)
+
+    def forward(self):
+        return sum(p.sum() for p in self.params)
+
+
+def _measure(end_window, setup, params, settings, name):
+    samples = time_call(end_window, settings.device, settings.repeats, settings.warmup,
+                        setup=setup)
+    setup()
+    peak = peak_extra_bytes(end_window, settings.device)
+    return Row(name, samples, adam_bytes(params, WINDOW_STREAMS), peak)
+
+
+def torch_window(params, settings):
+    model = ParamModel(params)
+    optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
+
+    def micro_batches():
+        for _ in range(MICRO_BATCHES):
+            (model() / MICRO_BATCHES).backward()
+
+    def end_window():
+        torch.nn.utils.clip_grad_norm_(params, max_norm=MAX_GRAD_NORM, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+
+    row = _measure(end_window, micro_batches, params, settings, "torch fused")
+    optimizer.zero_grad(set_to_none=True)  # hand the params back as they came
+    return row
+
+
+def grad_accumulator_class():
+    """fused_accum.GradAccumulator, or None while it is not part of the package."""
+    import fused_accum
+    return getattr(fused_accum, "GradAccumulator", None)
+
+
+def ours_window(params, settings):
+    """Row of GradAccumulator's window end, or a note saying why it was not timed."""
+    accumulator_class = grad_accumulator_class()
+    if accumulator_class is None:
+        return "ours skipped: fused_accum.GradAccumulator is not available in this build"
+    import fused_accum
+    model = ParamModel(params)
+    optimizer = fused_accum.FusedAdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
+    accumulator = accumulator_class(optimizer, steps=MICRO_BATCHES,
+                                    max_grad_norm=MAX_GRAD_NORM)
+
+    def micro_batches_but_last_step():
+        for i in range(MICRO_BATCHES):
+            with accumulator.accumulate(model):
+                accumulator.backward(model())
+            if i < MICRO_BATCHES - 1 and accumulator.step():
+                raise RuntimeError("GradAccumulator.step() stepped before its window was full")
+
+    def end_window():
+        if not accumulator.step():
+            raise RuntimeError("GradAccumulator.step() did not complete the window")
+
+    try:
+        return _measure(end_window, micro_batches_but_last_step, params, settings, OURS)
+    finally:
+        accumulator.remove()
+        for p in params:
+            p.grad = None
