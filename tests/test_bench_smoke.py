@@ -1,0 +1,66 @@
+"""Smoke tests of `python -m fused_accum.bench`: it runs, and its JSON has the
+expected tables with positive timings. No assertions on speed."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fused_accum.bench import shapes
+from fused_accum.bench.__main__ import parse_args
+
+DEFAULT_SCENARIOS = {"roofline", "step", "small", "window"}
+
+
+def run_bench(*args):
+    return subprocess.run([sys.executable, "-m", "fused_accum.bench", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_quick_run_writes_json_with_default_scenarios(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_bench("--quick", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "Issue 2: one AdamW step" in proc.stdout
+    result = json.loads(out.read_text())
+    tables = result["tables"]
+    assert {t["scenario"] for t in tables} == DEFAULT_SCENARIOS
+    for table in tables:
+        assert table["rows"], f"{table['title']} has no rows: {table['notes']}"
+        for row in table["rows"]:
+            assert row["median_ms"] > 0 and row["gb_per_s"] > 0, (table["title"], row)
+            assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+    step = next(t for t in tables if t["scenario"] == "step")
+    variants = [r["variant"] for r in step["rows"]]
+    assert variants == ["ours", "torch for-loop", "torch foreach", "torch fused"]
+    assert step["roofline_gbps"] > 0
+    assert all(r["speedup_of_ours"] > 0 for r in step["rows"][1:])
+    assert result["meta"]["quick"] is True
+
+
+def test_named_scenario_and_markdown(tmp_path):
+    md = tmp_path / "bench.md"
+    proc = run_bench("--quick", "--scenario", "scaling", "--dtype", "bfloat16",
+                     "--repeats", "1", "--markdown", str(md))
+    assert proc.returncode == 0, proc.stderr
+    text = md.read_text()
+    assert "| variant | median ms |" in text and "bfloat16" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--repeats", "0"], "expected a positive integer"),
+    (["--scenario", "nope"], "invalid choice"),
+    (["--dtype", "float16"], "invalid choice"),
+    (["--json", "/no/such/folder/x.json"], "does not exist"),
+])
+def test_bad_arguments_are_refused_with_a_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_gpt2_small_shapes_match_the_published_count():
+    assert shapes.GPT2_SMALL.numel == 124_439_808
+    assert shapes.GPT2_SMALL.tensors == 148
