@@ -172,3 +172,149 @@ def test_bf16_fp32_buffer_is_far_closer_to_fp64_than_bf16_accumulation():
     # is in both and dominates the buffer's: measured ratio 4.3 (2.9 to 4.3 over seeds).
     fp64_grads = [p.grad for p in fp64_model.parameters()]
     assert _distance(bf16_sums, fp64_grads) >= 2 * _distance(buffers, fp64_grads)
+
+
+def _snapshot(x):
+    buf = io.BytesIO()
+    torch.save(x, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_resume_mid_window_continues_bitwise(dtype):
+    windows = make_windows([3, 5, 4, 2], windows=4, dtype=dtype)
+    micro = [mb for w in windows for mb in w]
+
+    def build():
+        model = make_model(dtype=dtype)
+        opt = FusedAdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+        return model, opt, GradAccumulator(opt, steps=4, max_grad_norm=0.05)
+
+    def feed(model, acc, batches):
+        for x, y in batches:
+            with acc.accumulate(model):
+                acc.backward(F.mse_loss(model(x), y, reduction="sum"), weight=y.numel())
+            acc.step()
+
+    model, _, acc = build()
+    feed(model, acc, micro)
+    cut = 4 * 2 + 3  # two windows and three micro-batches of the third
+    first, opt, acc = build()
+    feed(first, acc, micro[:cut])
+    assert acc.micro_step == 3
+    saved = _snapshot({"model": first.state_dict(), "opt": opt.state_dict(), "acc": acc.state_dict()})
+    resumed, opt, acc = build()
+    resumed.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    acc.load_state_dict(saved["acc"])
+    feed(resumed, acc, micro[cut:])
+    for p, q in zip(resumed.parameters(), model.parameters()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("max_norm", [1.0, None], ids=["clipped", "unclipped"])
+def test_non_finite_window_is_discarded_and_the_next_one_steps(dtype, max_norm):
+    model, ref = make_model(dtype=dtype), make_model(dtype=dtype)
+    opt = FusedAdamW(model.parameters(), lr=1e-2)
+    ref_opt = FusedAdamW(ref.parameters(), lr=1e-2)
+    acc = GradAccumulator(opt, steps=2, max_grad_norm=max_norm)
+    ref_acc = GradAccumulator(ref_opt, steps=2, max_grad_norm=max_norm)
+    good, bad, after = make_windows([4, 4], windows=3, dtype=dtype)
+    run_accumulator(model, acc, good, weighted=False)
+    run_accumulator(ref, ref_acc, good, weighted=False)
+    params = [p.clone() for p in model.parameters()]
+    state = copy.deepcopy(opt.state_dict())
+
+    (x0, y0), (x1, y1) = bad
+    acc.backward(F.mse_loss(model(x0), y0))
+    acc.backward(F.mse_loss(model(x1), y1) * float("inf"))
+    assert acc.step() is False
+    assert not torch.isfinite(acc.grad_norm)
+    assert acc.micro_step == 0
+    for p, q in zip(model.parameters(), params):
+        assert torch.equal(p, q)
+    for k, s in opt.state_dict()["state"].items():
+        for name, t in s.items():
+            assert torch.equal(t, state["state"][k][name]), name
+    for g in acc._window_grads().values():
+        assert not g.any()  # the discarded window leaves nothing behind
+
+    # The next window steps as if the bad one never happened.
+    assert run_accumulator(model, acc, after, weighted=False) is True
+    run_accumulator(ref, ref_acc, after, weighted=False)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_a_param_without_grad_in_a_window_is_skipped_like_torch():
+    model = make_model()
+    opt = FusedAdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    acc = GradAccumulator(opt, steps=1)
+    x, y = make_windows([4], windows=1)[0][0]
+    run_accumulator(model, acc, [(x, y)], weighted=False)
+    frozen = model[0].weight.clone()
+    # Only the last layer gets a gradient now: the first keeps its weight, no decay.
+    acc.backward(F.mse_loss(model[2](torch.tanh(model[0](x)).detach()), y))
+    assert acc.step() is True
+    assert torch.equal(model[0].weight, frozen)
+    assert opt.state[model[0].weight]["step"].item() == 1
+
+
+def _acc(steps=2, **kw):
+    model = make_model()
+    return model, GradAccumulator(FusedAdamW(model.parameters()), steps=steps, **kw)
+
+
+def test_step_before_any_backward_is_an_error():
+    _, acc = _acc()
+    with pytest.raises(RuntimeError, match=r"step\(\) called before any backward"):
+        acc.step()
+
+
+@pytest.mark.parametrize("weight", [0, -3.0, float("nan")])
+def test_non_positive_weight_is_refused(weight):
+    model, acc = _acc()
+    x, y = make_windows([2], windows=1)[0][0]
+    with pytest.raises(ValueError, match="weight must be a positive"):
+        acc.backward(F.mse_loss(model(x), y, reduction="sum"), weight=weight)
+    assert acc.micro_step == 0
+
+
+def test_mixing_mean_and_weighted_losses_in_a_window_is_refused():
+    model, acc = _acc()
+    x, y = make_windows([2], windows=1)[0][0]
+    acc.backward(F.mse_loss(model(x), y))
+    with pytest.raises(ValueError, match="cannot mix"):
+        acc.backward(F.mse_loss(model(x), y, reduction="sum"), weight=6)
+
+
+def test_backward_past_a_full_window_is_refused():
+    model, acc = _acc(steps=1)
+    x, y = make_windows([2], windows=1)[0][0]
+    acc.backward(F.mse_loss(model(x), y))
+    with pytest.raises(RuntimeError, match=r"window of 1 micro-batches is full: call step\(\)"):
+        acc.backward(F.mse_loss(model(x), y))
+
+
+def test_model_whose_params_are_not_the_optimizers_is_refused():
+    _, acc = _acc()
+    with pytest.raises(ValueError, match=r"4 trainable parameter\(s\) of the model are not in"):
+        with acc.accumulate(make_model()):
+            pass
+    partial = make_model()
+    acc = GradAccumulator(FusedAdamW(partial[2].parameters()), steps=2)
+    with pytest.raises(ValueError, match=r"not in the accumulator's optimizer \(0.weight, 0.bias\)"):
+        with acc.accumulate(partial):
+            pass
+
+
+def test_bad_constructor_arguments_are_refused():
+    model = make_model()
+    with pytest.raises(TypeError, match="needs a fused_accum.FusedAdam or FusedAdamW"):
+        GradAccumulator(torch.optim.AdamW(model.parameters()), steps=2)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        GradAccumulator(FusedAdamW(model.parameters()), steps=0)
+    with pytest.raises(ValueError, match="max_grad_norm must be positive"):
+        GradAccumulator(FusedAdamW(model.parameters()), steps=2, max_grad_norm=0)
