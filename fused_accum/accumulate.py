@@ -1,0 +1,284 @@
+"""GradAccumulator: gradient accumulation over micro-batches ending in one fused step.
+
+Memory: fp32/fp64 params accumulate in place in ``p.grad`` (autograd's own sum, no
+extra memory). bf16/fp16 params accumulate into one contiguous fp32 buffer per device
+(per-param views): a post-accumulate-grad hook folds each micro-batch's grad in and
+frees it, so a low-precision gradient never holds more than one micro-batch.
+
+Arithmetic: losses are never divided. The window normalisation (1/N for mean losses,
+1/total weight for weighted ones) and the clipping coefficient form one 0-d
+``grad_multiplier`` that the step kernel applies while it reads the buffers, and the
+same kernel zeroes the buffers. A window end is therefore one norm pass
+(``sum_of_squares``) plus one step pass, with no separate unscale, clip or zero_grad.
+
+A window whose gradient norm is not finite is discarded: the multiplier becomes
+non-finite, the kernel leaves params and optimizer state untouched, zeroes the
+buffers, and ``step()`` returns False.
+
+DDP: with only fp32/fp64 params, DDP stays out of all but the last micro-batch
+(``no_sync``) and reduces the window sum left in ``p.grad``. With any bf16/fp16 param
+the per-micro-batch grads leave ``p.grad``, so DDP would reduce only the last one:
+DDP is kept out of every micro-batch and the accumulator all-reduces its buffers
+itself, once per window (one call per flat buffer).
+"""
+
+import contextlib
+import math
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from ._ops import ops
+from .optim import _FusedAdamStep, hyperparams, lr_for
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+_MEAN, _WEIGHTED = "mean", "weighted"
+
+
+class GradAccumulator:
+    """Accumulates ``steps`` micro-batches, then steps a FusedAdam/FusedAdamW once.
+
+    ``max_grad_norm=None`` disables clipping; otherwise the normalised window gradient
+    is clipped exactly as ``torch.nn.utils.clip_grad_norm_`` would clip it. Grads of
+    the optimizer's params should be None or zero when the accumulator is created.
+    """
+
+    def __init__(self, optimizer, steps, max_grad_norm=None):
+        if not isinstance(optimizer, _FusedAdamStep):
+            raise TypeError(
+                "GradAccumulator needs a fused_accum.FusedAdam or FusedAdamW optimizer, "
+                f"got {type(optimizer).__name__}"
+            )
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        if max_grad_norm is not None and not float(max_grad_norm) > 0:
+            raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm!r}")
+        self.optimizer = optimizer
+        self.steps = steps
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self.grad_norm = None
+        self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        self._index = {p: i for i, p in enumerate(self._params)}
+        self._flats, self._buffers = _allocate_buffers(self._params)
+        self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad)
+                       for p in self._params if p.requires_grad]
+        self._reset_window()
+
+    # ----------------------------------------------------------------- micro-batches
+    @contextlib.contextmanager
+    def accumulate(self, model):
+        """One micro-batch of `model`; for DDP, decides whether DDP all-reduces it."""
+        self._check_model(model)
+        if not isinstance(model, DistributedDataParallel):
+            yield self
+            return
+        self._ddp = model
+        ddp_reduces = not self._flats and self.micro_step == self.steps - 1
+        with contextlib.nullcontext() if ddp_reduces else model.no_sync():
+            self._in_synced_context = ddp_reduces
+            try:
+                yield self
+            finally:
+                self._in_synced_context = False
+
+    def backward(self, loss, weight=None):
+        """loss.backward(), unscaled: the mean loss of a micro-batch, or with
+        `weight` a summed loss and what it sums over (e.g. its token count)."""
+        if self.micro_step >= self.steps:
+            raise RuntimeError(
+                f"the window of {self.steps} micro-batches is full: call step() "
+                "before the next backward"
+            )
+        mode = _MEAN if weight is None else _WEIGHTED
+        if weight is not None:
+            weight = float(weight)
+            if not weight > 0 or math.isinf(weight):
+                raise ValueError(f"weight must be a positive finite number, got {weight}")
+        if self._mode not in (None, mode):
+            raise ValueError(
+                "cannot mix backward(loss) (mean losses) and backward(loss, weight=...) "
+                "(weighted losses) in one accumulation window"
+            )
+        loss.backward()
+        self._mode = mode
+        self._weight_total += weight or 0.0
+        self._window_synced = self._in_synced_context
+        self.micro_step += 1
+
+    def step(self):
+        """Steps when the window is complete; True when the optimizer stepped."""
+        if self.micro_step == 0:
+            raise RuntimeError("step() called before any backward(): the window is empty")
+        if self.micro_step < self.steps:
+            return False
+        return self._finish_window()
+
+    def flush(self):
+        """Steps on a partial window (end of data), normalised by the micro-batches
+        or weight it holds; False when it is empty or its norm is not finite."""
+        if self.micro_step == 0:
+            return False
+        return self._finish_window()
+
+    def remove(self):
+        """Removes the gradient hooks; the accumulator must not be used afterwards."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    # ------------------------------------------------------------------ window end
+    @torch.no_grad()
+    def _finish_window(self):
+        grads = self._window_grads()
+        already_averaged_over = 1  # DDP divides by the world size when it reduces
+        world = 1
+        if self._ddp is not None:
+            group = self._ddp.process_group
+            world = dist.get_world_size(group)
+            if self._window_synced:
+                already_averaged_over = world
+            else:
+                for t in list(self._flats.values()) + [g for p, g in grads.items()
+                                                       if p.dtype not in _LOW_PRECISION]:
+                    dist.all_reduce(t, group=group)
+        # Window normalisation relative to the summed gradient of all processes.
+        if self._mode == _WEIGHTED:
+            total = self._global_weight(world)
+            scale = already_averaged_over / total
+        else:
+            scale = already_averaged_over / (self.micro_step * world)
+        multipliers = self._multipliers(grads, scale)
+        finite = bool(torch.isfinite(self.grad_norm))
+        for group in self.optimizer.param_groups:
+            hyper = hyperparams(group)
+            for (device, _), lists in self.optimizer.group_tensors(group, grad_of=grads.get).items():
+                lr = lr_for(group, device)
+                step_op = (ops.adam_window_step_.tensor_lr if isinstance(lr, torch.Tensor)
+                           else ops.adam_window_step_)
+                step_op(*lists.as_args(), grad_multiplier=multipliers[device], lr=lr, **hyper)
+        self._reset_window()
+        return finite
+
+    def _multipliers(self, grads, scale):
+        """Per device, scale * clip_coef as a 0-d float32 tensor (non-finite when the
+        norm is, which makes the kernel discard the window). Sets self.grad_norm."""
+        by_device = {}
+        for g in grads.values():
+            by_device.setdefault(g.device, []).append(g)
+        devices = list(by_device) or [self._params[0].device]
+        sumsq = torch.zeros((), dtype=torch.float32, device=devices[0])
+        for device, tensors in by_device.items():
+            sumsq = sumsq + ops.sum_of_squares(tensors).to(devices[0])
+        total_norm = sumsq.sqrt() * scale
+        self.grad_norm = total_norm
+        if self.max_grad_norm is None:
+            # 1 where the norm is finite, nan otherwise: the non-finite window is skipped.
+            coef = total_norm * 0 + 1
+        else:
+            # Exactly torch.nn.utils.clip_grad_norm_'s coefficient.
+            coef = torch.clamp(self.max_grad_norm / (total_norm + 1e-6), max=1.0)
+        multiplier = coef * scale
+        return {d: multiplier.to(d) for d in devices}
+
+    def _global_weight(self, world):
+        if world == 1:
+            return self._weight_total
+        t = torch.tensor(self._weight_total, dtype=torch.float64, device=self._params[0].device)
+        dist.all_reduce(t, group=self._ddp.process_group)
+        return t.item()
+
+    def _window_grads(self):
+        """param -> the tensor holding its window sum, for the params the window steps:
+        those that received a gradient (torch skips a param whose grad is None). Under
+        DDP every param with a gradient is stepped, as DDP makes grads agree across ranks."""
+        grads = {}
+        for i, p in enumerate(self._params):
+            g = self._buffers.get(p, p.grad)
+            if g is not None and (i in self._touched or self._ddp is not None):
+                grads[p] = g
+        return grads
+
+    def _reset_window(self):
+        self.micro_step = 0
+        self._mode = None
+        self._weight_total = 0.0
+        self._touched = set()
+        self._ddp = None
+        self._in_synced_context = False
+        self._window_synced = False
+
+    # ---------------------------------------------------------------- hooks, checks
+    @torch.no_grad()
+    def _on_grad(self, p):
+        self._touched.add(self._index[p])
+        buf = self._buffers.get(p)
+        if buf is not None:
+            ops.accumulate_([buf], [p.grad], scale=1.0)
+            p.grad = None  # free the low-precision grad now; the buffer holds the sum
+
+    def _check_model(self, model):
+        module = model.module if isinstance(model, DistributedDataParallel) else model
+        missing = [n for n, p in module.named_parameters()
+                   if p.requires_grad and p not in self._index]
+        if missing:
+            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+            raise ValueError(
+                f"{len(missing)} trainable parameter(s) of the model are not in the "
+                f"accumulator's optimizer ({shown}): pass the optimizer built on this "
+                "model's parameters"
+            )
+
+    # ------------------------------------------------------------------ state dict
+    def state_dict(self):
+        """The window in progress, buffers and fp32 grads included (cloned)."""
+        fp_grads = {i: p.grad.detach().clone() for i, p in enumerate(self._params)
+                    if p not in self._buffers and p.grad is not None and i in self._touched}
+        return {
+            "steps": self.steps,
+            "max_grad_norm": self.max_grad_norm,
+            "micro_step": self.micro_step,
+            "mode": self._mode,
+            "weight_total": self._weight_total,
+            "touched": sorted(self._touched),
+            "buffers": [flat.clone() for flat in self._flats.values()],
+            "grads": fp_grads,
+            "grad_norm": self.grad_norm,
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state):
+        if state["steps"] != self.steps:
+            raise ValueError(f"state_dict is for steps={state['steps']}, this "
+                             f"accumulator has steps={self.steps}")
+        if len(state["buffers"]) != len(self._flats):
+            raise ValueError("state_dict buffers do not match this optimizer's params")
+        for flat, saved in zip(self._flats.values(), state["buffers"]):
+            flat.copy_(saved)
+        for i, g in state["grads"].items():
+            p = self._params[i]
+            p.grad = g.to(device=p.device, dtype=p.dtype).clone()
+        self.max_grad_norm = state["max_grad_norm"]
+        self.micro_step = state["micro_step"]
+        self._mode = state["mode"]
+        self._weight_total = state["weight_total"]
+        self._touched = set(state["touched"])
+        self.grad_norm = state["grad_norm"]
+
+
+def _allocate_buffers(params):
+    """One contiguous fp32 allocation per device for the low-precision params, and
+    per-param views into it. Returns ({device: flat}, {param: view})."""
+    sizes = {}
+    for p in params:
+        if p.dtype in _LOW_PRECISION and p.requires_grad:
+            sizes[p.device] = sizes.get(p.device, 0) + p.numel()
+    flats = {d: torch.zeros(n, dtype=torch.float32, device=d) for d, n in sizes.items()}
+    offsets = dict.fromkeys(flats, 0)
+    views = {}
+    for p in params:
+        if p.dtype in _LOW_PRECISION and p.requires_grad:
+            start = offsets[p.device]
+            views[p] = flats[p.device][start:start + p.numel()].view(p.shape)
+            offsets[p.device] = start + p.numel()
+    return flats, views
