@@ -95,11 +95,22 @@ def run(args):
     return settings, tables
 
 
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def meta(args, settings):
     return dict(
         argv=sys.argv[1:], torch=torch.__version__, fused_accum=fused_accum.build_info(),
         device=str(settings.device), threads=torch.get_num_threads(),
-        cpu=platform.processor() or platform.machine(), quick=settings.quick,
+        cpu=_cpu_model(), quick=settings.quick,
         repeats=settings.repeats, warmup=settings.warmup,
         cuda_device=torch.cuda.get_device_name() if settings.device.type == "cuda" else None)
 

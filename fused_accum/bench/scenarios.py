@@ -71,7 +71,7 @@ def _measure_roofline(params, settings):
 def _time_variant(table, variant, params, settings):
     """Adds variant's row to table, unless its temporaries would not fit in memory."""
     one_set = sum(p.numel() * p.element_size() for p in params)
-    new = int((2 + variant.extra_param_sets) * one_set)  # moments + temporaries
+    new = 2 * one_set + variant.temporaries(params)  # moments + temporaries
     if not fits(new, 2 * one_set + new, settings.device):
         table.notes.append(f"{variant.name} skipped: its state and temporaries "
                            f"(about {new / 1e9:.1f} GB) would not fit in memory")
@@ -116,6 +116,7 @@ def _step_tables(scenario, shape_set, dtype, algorithms, settings, title_prefix=
             reason = peers_skipped_reason(settings.device)
             if reason:
                 table.notes.append(reason)
+                settings.say(reason)
         tables.append(table)
     del params
     gc.collect()

@@ -26,13 +26,25 @@ ADAMW = Algorithm("AdamW", fused_accum.FusedAdamW, torch.optim.AdamW, decoupled=
 ADAM_L2 = Algorithm("Adam+L2", fused_accum.FusedAdam, torch.optim.Adam, decoupled=False)
 
 
+def _no_temporaries(params):
+    return 0
+
+
+def _set_bytes(params):
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def _largest_bytes(params):
+    return max(p.numel() * p.element_size() for p in params)
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
     make: Callable  # make(params) -> optimizer
-    # Temporaries a step allocates, in units of the whole param set (estimated from
-    # torch's implementations), so sets too big for memory are skipped, not swapped.
-    extra_param_sets: float = 0.0
+    # Bytes of temporaries a step allocates (from torch's implementations, checked
+    # against the measured peak), so sets too big for memory are skipped, not swapped.
+    temporaries: Callable = _no_temporaries
 
 
 def variants(algorithm, device, peers=False):
@@ -41,11 +53,12 @@ def variants(algorithm, device, peers=False):
     torch_class = algorithm.torch_class
     found = [
         Variant(OURS, lambda ps: algorithm.ours(ps, **hyper)),
-        # One tensor at a time; temporaries of one tensor only.
-        Variant("torch for-loop", lambda ps: torch_class(ps, foreach=False, **hyper), 0.1),
+        # One tensor at a time: a couple of temporaries the size of the largest tensor.
+        Variant("torch for-loop", lambda ps: torch_class(ps, foreach=False, **hyper),
+                lambda ps: 2 * _largest_bytes(ps)),
         # Whole-list temporaries: sqrt(v) always, plus g + wd*p for L2 decay.
         Variant("torch foreach", lambda ps: torch_class(ps, foreach=True, **hyper),
-                1.0 if algorithm.decoupled else 2.0),
+                lambda ps: (1 if algorithm.decoupled else 2) * _set_bytes(ps)),
         Variant("torch fused", lambda ps: torch_class(ps, fused=True, **hyper)),
     ]
     if peers:
