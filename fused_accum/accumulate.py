@@ -19,7 +19,11 @@ DDP: with only fp32/fp64 params, DDP stays out of all but the last micro-batch
 (``no_sync``) and reduces the window sum left in ``p.grad``. With any bf16/fp16 param
 the per-micro-batch grads leave ``p.grad``, so DDP would reduce only the last one:
 DDP is kept out of every micro-batch and the accumulator all-reduces its buffers
-itself, once per window (one call per flat buffer).
+itself, once per window (one call per flat buffer). Every rank must feed the same
+number of micro-batches per window and call flush() together, as DDP itself requires.
+
+Not supported: torch.amp.GradScaler (its inf check and unscale are not folded into
+the window step); use bf16 autocast or bf16 params instead.
 """
 
 import contextlib
@@ -107,7 +111,8 @@ class GradAccumulator:
         self.micro_step += 1
 
     def step(self):
-        """Steps when the window is complete; True when the optimizer stepped."""
+        """Steps when the window is complete; True when the optimizer stepped. False
+        while the window is filling, and for a discarded (non-finite) window."""
         if self.micro_step == 0:
             raise RuntimeError("step() called before any backward(): the window is empty")
         if self.micro_step < self.steps:
@@ -149,6 +154,7 @@ class GradAccumulator:
         else:
             scale = already_averaged_over / (self.micro_step * world)
         multipliers = self._multipliers(grads, scale)
+        # The one host sync per window: step() must report whether the window counted.
         finite = bool(torch.isfinite(self.grad_norm))
         for group in self.optimizer.param_groups:
             hyper = hyperparams(group)

@@ -25,15 +25,19 @@ def make_windows(sizes, windows=WINDOWS, seed=1, dtype=torch.float32):
              for b in sizes] for _ in range(windows)]
 
 
-def run_accumulator(model, acc, window, weighted):
-    for x, y in window:
+def feed(model, acc, batches, weighted):
+    """Micro-batches through the accumulator, calling step() after each one as a
+    training loop does; returns the last step()'s result."""
+    stepped = False
+    for x, y in batches:
         with acc.accumulate(model):
             out = model(x)
             if weighted:  # summed token losses and the token count
                 acc.backward(F.mse_loss(out, y, reduction="sum"), weight=y.numel())
             else:
                 acc.backward(F.mse_loss(out, y))
-    return acc.step()
+        stepped = acc.step()
+    return stepped
 
 
 def run_reference(model, opt, window, max_norm):
@@ -64,7 +68,7 @@ def test_windows_match_one_large_batch(opt_name, max_norm, weighted, sizes):
     ref_opt = torch_cls(ref.parameters(), lr=1e-2, weight_decay=0.1)
     acc = GradAccumulator(opt, steps=len(sizes), max_grad_norm=max_norm)
     for window in make_windows(sizes):
-        assert run_accumulator(model, acc, window, weighted) is True
+        assert feed(model, acc, window, weighted) is True
         ref_norm = run_reference(ref, ref_opt, window, max_norm)
         torch.testing.assert_close(acc.grad_norm, ref_norm)
         if max_norm is not None:
@@ -84,13 +88,7 @@ def test_flush_steps_a_partial_window_normalised_by_what_it_holds(weighted):
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
     acc = GradAccumulator(opt, steps=4, max_grad_norm=0.05)
     partial = make_windows([4, 4, 4] if not weighted else [2, 6, 3], windows=1)[0]
-    for x, y in partial:
-        with acc.accumulate(model):
-            if weighted:
-                acc.backward(F.mse_loss(model(x), y, reduction="sum"), weight=y.numel())
-            else:
-                acc.backward(F.mse_loss(model(x), y))
-        assert acc.step() is False
+    assert feed(model, acc, partial, weighted) is False
     assert acc.micro_step == 3
     assert acc.flush() is True
     assert acc.flush() is False  # nothing left
@@ -105,7 +103,7 @@ def test_tensor_lr_uses_the_tensor_lr_overload():
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
     acc = GradAccumulator(opt, steps=2, max_grad_norm=1.0)
     for window in make_windows([4, 4], windows=3):
-        run_accumulator(model, acc, window, weighted=False)
+        feed(model, acc, window, weighted=False)
         run_reference(ref, ref_opt, window, 1.0)
     for p, q in zip(model.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q)
@@ -178,7 +176,7 @@ def _snapshot(x):
     buf = io.BytesIO()
     torch.save(x, buf)
     buf.seek(0)
-    return torch.load(buf, weights_only=False)
+    return torch.load(buf)  # weights_only=True: a checkpoint loads with the safe default
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -191,24 +189,18 @@ def test_resume_mid_window_continues_bitwise(dtype):
         opt = FusedAdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
         return model, opt, GradAccumulator(opt, steps=4, max_grad_norm=0.05)
 
-    def feed(model, acc, batches):
-        for x, y in batches:
-            with acc.accumulate(model):
-                acc.backward(F.mse_loss(model(x), y, reduction="sum"), weight=y.numel())
-            acc.step()
-
     model, _, acc = build()
-    feed(model, acc, micro)
+    feed(model, acc, micro, weighted=True)
     cut = 4 * 2 + 3  # two windows and three micro-batches of the third
     first, opt, acc = build()
-    feed(first, acc, micro[:cut])
+    feed(first, acc, micro[:cut], weighted=True)
     assert acc.micro_step == 3
     saved = _snapshot({"model": first.state_dict(), "opt": opt.state_dict(), "acc": acc.state_dict()})
     resumed, opt, acc = build()
     resumed.load_state_dict(saved["model"])
     opt.load_state_dict(saved["opt"])
     acc.load_state_dict(saved["acc"])
-    feed(resumed, acc, micro[cut:])
+    feed(resumed, acc, micro[cut:], weighted=True)
     for p, q in zip(resumed.parameters(), model.parameters()):
         assert torch.equal(p, q)
 
@@ -222,8 +214,8 @@ def test_non_finite_window_is_discarded_and_the_next_one_steps(dtype, max_norm):
     acc = GradAccumulator(opt, steps=2, max_grad_norm=max_norm)
     ref_acc = GradAccumulator(ref_opt, steps=2, max_grad_norm=max_norm)
     good, bad, after = make_windows([4, 4], windows=3, dtype=dtype)
-    run_accumulator(model, acc, good, weighted=False)
-    run_accumulator(ref, ref_acc, good, weighted=False)
+    feed(model, acc, good, weighted=False)
+    feed(ref, ref_acc, good, weighted=False)
     params = [p.clone() for p in model.parameters()]
     state = copy.deepcopy(opt.state_dict())
 
@@ -242,8 +234,8 @@ def test_non_finite_window_is_discarded_and_the_next_one_steps(dtype, max_norm):
         assert not g.any()  # the discarded window leaves nothing behind
 
     # The next window steps as if the bad one never happened.
-    assert run_accumulator(model, acc, after, weighted=False) is True
-    run_accumulator(ref, ref_acc, after, weighted=False)
+    assert feed(model, acc, after, weighted=False) is True
+    feed(ref, ref_acc, after, weighted=False)
     for p, q in zip(model.parameters(), ref.parameters()):
         assert torch.equal(p, q)
 
@@ -253,7 +245,7 @@ def test_a_param_without_grad_in_a_window_is_skipped_like_torch():
     opt = FusedAdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     acc = GradAccumulator(opt, steps=1)
     x, y = make_windows([4], windows=1)[0][0]
-    run_accumulator(model, acc, [(x, y)], weighted=False)
+    feed(model, acc, [(x, y)], weighted=False)
     frozen = model[0].weight.clone()
     # Only the last layer gets a gradient now: the first keeps its weight, no decay.
     acc.backward(F.mse_loss(model[2](torch.tanh(model[0](x)).detach()), y))

@@ -10,6 +10,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
 from fused_accum import FusedAdamW, GradAccumulator
+from test_accumulate import feed
 
 WORLD, STEPS, WINDOWS, LR, MAX_NORM = 2, 3, 3, 1e-2, 0.05
 
@@ -25,16 +26,6 @@ def rank_batches(dtype, sizes, micro_batches):
     return [[(torch.randn(sizes[r], 6, generator=gen).to(dtype),
               torch.randn(sizes[r], 3, generator=gen).to(dtype)) for _ in range(micro_batches)]
             for r in range(WORLD)]
-
-
-def feed(model, acc, batches, weighted):
-    for x, y in batches:
-        with acc.accumulate(model):
-            if weighted:
-                acc.backward(F.mse_loss(model(x), y, reduction="sum"), weight=y.numel())
-            else:
-                acc.backward(F.mse_loss(model(x), y))
-        acc.step()
 
 
 def run_ddp(rank, dtype, sizes, weighted, micro_batches):
