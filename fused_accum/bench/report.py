@@ -9,6 +9,17 @@ HEADER = ("variant", "median ms", "IQR ms", "GB/s", "of roofline", "ours faster 
           "peak extra MB")
 
 
+LEGEND = (
+    "median ms: median over the timed runs after warm-up; IQR: their interquartile range. "
+    "GB/s: nominal traffic / median time, 7 streams per param for a step (read p, g, m, v; "
+    "write p, m, v) at the param dtype's size (28 bytes/param in float32). "
+    "of roofline: GB/s over the roofline's GB/s measured in the same run. "
+    "ours faster by: this row's median / ours. "
+    "peak extra MB: CPU: peak resident-set growth during one steady-state call "
+    "(VmHWM after resetting it via /proc/self/clear_refs, minus VmRSS before); "
+    "CUDA: max_memory_allocated growth.")
+
+
 def _fmt(value, spec, missing="-"):
     return missing if value is None else format(value, spec)
 
@@ -50,6 +61,7 @@ def text(tables):
                                      for i, (c, w) in enumerate(zip(row, widths))))
         out += [f"note: {n}" for n in table.notes]
         out.append("")
+    out.append(LEGEND)
     return "\n".join(out)
 
 
@@ -67,10 +79,12 @@ def markdown(tables):
             out.append("")
         out += [f"- {n}" for n in table.notes]
         out.append("")
-    return "\n".join(out)
+    out.append(LEGEND)
+    return "\n".join(out) + "\n"
 
 
 def write_json(path, tables, meta):
     with open(path, "w") as f:
-        json.dump(dict(meta=meta, tables=[t.to_dict() for t in tables]), f, indent=1)
+        json.dump(dict(meta=meta, legend=LEGEND, tables=[t.to_dict() for t in tables]), f,
+                  indent=1)
         f.write("\n")
