@@ -179,17 +179,19 @@ def test_accumulate_matches_our_cpu_kernel(buffer_dtype, grad_dtype):
     g = torch.Generator().manual_seed(1)
     buffers = [torch.randn(s, generator=g).to(buffer_dtype) for s in SHAPES]
     grads = [torch.randn(s, generator=g).to(grad_dtype) for s in SHAPES]
-    gpu_buffers = [b.cuda() for b in buffers]
     gpu_grads = [x.cuda() for x in grads]
-    ops.accumulate_(gpu_buffers, gpu_grads, scale=0.5)
+    plain = [b.cuda() for b in buffers]
+    summed = [b.cuda() for b in buffers]
+    ops.accumulate_(plain, gpu_grads, scale=0.5)
+    gpu_sumsq = ops.accumulate_sumsq_(summed, gpu_grads, scale=0.5)
     cpu_sumsq = ops.accumulate_sumsq_(buffers, grads, scale=0.5)
     # float(b) + 0.5 * float(g) rounded once, no contraction on either side: equal bits.
-    for ours, ref in zip(gpu_buffers, buffers):
-        assert torch.equal(ours.cpu(), ref)
-    # The updated GPU buffers, summed (adding 0 * grad leaves them as they are).
-    gpu_sumsq = ops.accumulate_sumsq_([b.clone() for b in gpu_buffers], gpu_grads, scale=0.0)
+    for with_sum, without_sum, ref in zip(summed, plain, buffers):
+        assert torch.equal(with_sum.cpu(), ref)
+        assert torch.equal(without_sum.cpu(), ref)
     assert gpu_sumsq.device.type == "cuda" and gpu_sumsq.dtype == torch.float32
     assert gpu_sumsq.dim() == 0
+    # The same float squares, summed in double in another order.
     torch.testing.assert_close(gpu_sumsq.cpu(), cpu_sumsq, rtol=1e-6, atol=0)
 
 
