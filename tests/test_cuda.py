@@ -171,6 +171,30 @@ def test_cuda_graph_capture_and_replay_of_a_full_step():
     assert captured["state_steps"][0].item() == 3.0 + 2  # the skipped replay did not count
 
 
+def test_sum_of_squares_under_graph_capture_reads_current_values():
+    tensors = [torch.randn(s, device="cuda") for s in SHAPES]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        ops.sum_of_squares(tensors)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        total = ops.sum_of_squares(tensors)
+    for t in tensors:
+        t.mul_(2.0)
+    graph.replay()
+    torch.testing.assert_close(total, ops.sum_of_squares(tensors), rtol=0, atol=0)
+
+
+def test_state_on_another_device_is_named():
+    lists = make_state("cuda", torch.float32, amsgrad=False)
+    lists["state_steps"][1] = lists["state_steps"][1].cpu()
+    with pytest.raises(RuntimeError, match=r"state_steps\[1\] must be on cuda"):
+        ops.adam_step_(**lists, lr=1e-2, **HYPER, amsgrad=False, maximize=False,
+                       decoupled_weight_decay=True)
+
+
 @pytest.mark.parametrize("buffer_dtype, grad_dtype", [(torch.float32, torch.float32),
                                                       (torch.float32, torch.bfloat16),
                                                       (torch.float16, torch.float16),
