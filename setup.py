@@ -109,7 +109,7 @@ def main():
                         f'-DFUSED_ACCUM_CUDA_VERSION="{torch.version.cuda}"',
                         f'-DFUSED_ACCUM_CUDA_ARCHS="{cuda_archs}"']
         extra["cxx"] += cuda_defines
-        extra["nvcc"] = ["-O3", "--fmad=false", "--use_fast_math=false"] + defines + cuda_defines
+        extra["nvcc"] = ["-O3", "--fmad=false"] + defines + cuda_defines
         extension = CUDAExtension
     print(f"fused_accum: CUDA kernels {'on' if build_cuda else 'off'} ({reason}); "
           f"CPU -march={cpu_arch}")

@@ -1,0 +1,73 @@
+// One Adam element as a kernel sees it in storage: convert to the math type,
+// take the gradient (grad_mode.h), update (adam_math.h), store. The CUDA kernel
+// calls this functor for each element; the CPU build runs the same functor on
+// the host (torch.ops.fused_accum_testing.adam_step_*) so a test can show, bit
+// for bit, that it computes what the CPU kernel computes. Without that test the
+// GPU path could drift from the CPU path unnoticed on machines without a GPU.
+#pragma once
+
+#include <cfloat>
+
+#include "adam_math.h"
+#include "grad_mode.h"
+
+namespace fused_accum {
+
+// The math type of a storage type: float for float, half and bfloat16; double
+// for double (at::opmath_type, without pulling ATen into device code).
+template <typename P>
+struct MathType {
+  using type = float;
+};
+template <>
+struct MathType<double> {
+  using type = double;
+};
+
+template <typename P, typename G, DecayMode MODE, bool AMSGRAD, bool MAXIMIZE,
+          GradMode GRAD_MODE>
+struct AdamElementOp {
+  using T = typename MathType<P>::type;
+  AdamScalars<T> scalars;
+  T grad_factor;  // grad_scale or the window multiplier; unused for kPlain
+
+  FA_HOST_DEVICE void operator()(P& param, G& grad, P& exp_avg, P& exp_avg_sq,
+                                 P& max_exp_avg_sq) const {
+    T p = static_cast<T>(param);
+    T m = static_cast<T>(exp_avg);
+    T v = static_cast<T>(exp_avg_sq);
+    T max_v = AMSGRAD ? static_cast<T>(max_exp_avg_sq) : T(0);
+    const T g = take_grad<GRAD_MODE, T>(grad, grad_factor);
+    adam_update<MODE, AMSGRAD, MAXIMIZE>(p, g, m, v, max_v, scalars);
+    param = static_cast<P>(p);
+    exp_avg = static_cast<P>(m);
+    exp_avg_sq = static_cast<P>(v);
+    if (AMSGRAD) max_exp_avg_sq = static_cast<P>(max_v);
+  }
+
+  // Without amsgrad there is no fifth tensor.
+  FA_HOST_DEVICE void operator()(P& param, G& grad, P& exp_avg, P& exp_avg_sq) const {
+    P unused = param;
+    (*this)(param, grad, exp_avg, exp_avg_sq, unused);
+  }
+};
+
+// The grad factor as the CPU kernel rounds it: read as double, then float,
+// then the math type (so float64 params see a float-rounded grad_scale, as in torch).
+template <typename T>
+FA_HOST_DEVICE T grad_factor_as(double factor) {
+  return static_cast<T>(static_cast<float>(factor));
+}
+
+FA_HOST_DEVICE bool is_finite_double(double x) { return fabs(x) <= DBL_MAX; }  // false for nan
+
+// Whether a step leaves params, moments and step counts unchanged: GradScaler
+// found an inf or nan, or (window step only, pass the multiplier) the window's
+// multiplier is not finite. Pointers may be null: absent.
+FA_HOST_DEVICE bool adam_step_skipped(const double* found_inf,
+                                      const double* window_multiplier) {
+  if (found_inf != nullptr && *found_inf != 0.0) return true;
+  return window_multiplier != nullptr && !is_finite_double(*window_multiplier);
+}
+
+}  // namespace fused_accum

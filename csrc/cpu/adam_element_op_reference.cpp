@@ -1,0 +1,89 @@
+// The Adam step run on the host through AdamElementOp, the per-element functor
+// of the CUDA kernel, as torch.ops.fused_accum_testing.adam_step_* (same
+// schemas as fused_accum). tests/test_cuda_element_op.py requires its results
+// to equal the CPU kernel's bit for bit: the GPU path then computes what the
+// CPU path computes, and that is checked on machines without a GPU. It also
+// follows the CUDA path's order: skip check, step count, then the update from
+// the counted step. Deliberately serial and simple: it is a reference, not a kernel.
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../adam_element_op.h"
+#include "../adam_flag_dispatch.h"
+#include "../adam_ops.h"
+#include "../adam_schemas.h"
+#include "../adam_rows.h"
+
+namespace fused_accum {
+namespace cpu {
+namespace {
+
+template <typename P, typename G>
+void update_through_element_op(const DenseRows& rows, const AdamCall& call, double lr,
+                               double grad_factor) {
+  const AdamHyperparams& h = call.hyper;
+  dispatch_adam_flags(h, call.grad_mode, [&](auto mode, auto amsgrad, auto maximize,
+                                             auto grad_mode) {
+    constexpr bool AMSGRAD = decltype(amsgrad)::value;
+    using Op = AdamElementOp<P, G, decltype(mode)::value, AMSGRAD, decltype(maximize)::value,
+                             decltype(grad_mode)::value>;
+    using T = typename Op::T;
+    for (size_t i = 0; i < rows.rows(); ++i) {
+      const double step = static_cast<double>(call.lists.state_steps[i].item<float>());
+      const Op op{make_adam_scalars<T>(lr, h.beta1, h.beta2, h.weight_decay, h.eps, step),
+                  grad_factor_as<T>(grad_factor)};
+      P* param = rows.at(0, i).data_ptr<P>();
+      G* grad = rows.at(1, i).data_ptr<G>();
+      P* exp_avg = rows.at(2, i).data_ptr<P>();
+      P* exp_avg_sq = rows.at(3, i).data_ptr<P>();
+      P* max_exp_avg_sq = AMSGRAD ? rows.at(4, i).data_ptr<P>() : nullptr;
+      for (int64_t e = 0; e < rows.at(0, i).numel(); ++e) {
+        if constexpr (AMSGRAD) {
+          op(param[e], grad[e], exp_avg[e], exp_avg_sq[e], max_exp_avg_sq[e]);
+        } else {
+          op(param[e], grad[e], exp_avg[e], exp_avg_sq[e]);
+        }
+      }
+    }
+  });
+}
+
+double value_or(const std::optional<at::Tensor>& t, double fallback) {
+  return t.has_value() ? t->item<double>() : fallback;
+}
+
+void adam_through_element_op(const AdamCall& call, const char* op) {
+  check_adam_call(call, op);
+  const AdamTensorLists& l = call.lists;
+  if (l.params.empty()) return;
+  const double found_inf = value_or(call.found_inf, 0.0);
+  const double grad_factor = value_or(call.grad_factor, 1.0);
+  const bool window = call.grad_mode == GradMode::kScaleAndZero;
+  if (adam_step_skipped(&found_inf, window ? &grad_factor : nullptr)) {
+    if (window) {
+      for (const at::Tensor& g : l.grads) g.zero_();
+    }
+    return;
+  }
+  for (const at::Tensor& step : l.state_steps) step.add_(1.0);
+  const double lr = value_or(call.lr_tensor, call.hyper.lr);
+
+  DenseRows rows = adam_dense_rows(call);
+  dispatch_adam_storage(call, [&](auto param_tag, auto grad_tag) {
+    update_through_element_op<decltype(param_tag), decltype(grad_tag)>(rows, call, lr,
+                                                                       grad_factor);
+  });
+  rows.finish();
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fused_accum
+
+TORCH_LIBRARY_FRAGMENT(fused_accum_testing, m) { fused_accum::define_adam_schemas(m); }
+
+TORCH_LIBRARY_IMPL(fused_accum_testing, CPU, m) {
+  fused_accum::register_adam_impls<fused_accum::cpu::adam_through_element_op>(m);
+}

@@ -1,0 +1,265 @@
+"""The CUDA kernels against torch's fused CUDA Adam, against our CPU kernels, under CUDA
+graph capture, and on a second device. Needs a GPU: skipped (with the reason) without one.
+"""
+
+import itertools
+
+import pytest
+import torch
+
+import fused_accum
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="no CUDA device: the CUDA kernels are compiled here but can only run on a GPU")
+
+ops = torch.ops.fused_accum
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+# Odd sizes, an empty tensor, one above a 65536-element chunk, one of several chunks.
+SHAPES = [(3, 5), (0,), (1,), (65537,), (4, 70001), (129,)]
+HYPER = dict(beta1=0.9, beta2=0.999, weight_decay=0.05, eps=1e-8)
+LISTS = ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "state_steps")
+
+
+def make_state(device, dtype, amsgrad, grad_dtype=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lists = {k: [] for k in LISTS}
+    for shape in SHAPES:
+        lists["params"].append(torch.randn(shape, generator=g).to(device, dtype))
+        lists["grads"].append(torch.randn(shape, generator=g).to(device, grad_dtype or dtype))
+        lists["exp_avgs"].append((0.1 * torch.randn(shape, generator=g)).to(device, dtype))
+        lists["exp_avg_sqs"].append((0.01 * torch.rand(shape, generator=g)).to(device, dtype))
+        if amsgrad:
+            lists["max_exp_avg_sqs"].append(
+                (0.02 * torch.rand(shape, generator=g)).to(device, dtype))
+        lists["state_steps"].append(torch.tensor(3.0, device=device))
+    return lists
+
+
+def copy_to(lists, device):
+    return {k: [t.detach().to(device, copy=True) for t in v] for k, v in lists.items()}
+
+
+def assert_lists_close(actual, expected, **tolerances):
+    for key in actual:
+        for i, (a, e) in enumerate(zip(actual[key], expected[key])):
+            torch.testing.assert_close(a.cpu(), e.cpu(), msg=f"{key}[{i}]", **tolerances)
+
+
+def assert_lists_equal(actual, expected):
+    for key in actual:
+        for i, (a, e) in enumerate(zip(actual[key], expected[key])):
+            assert torch.equal(a, e), f"{key}[{i}] differs"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("amsgrad, maximize, decoupled",
+                         list(itertools.product([False, True], repeat=3)))
+@pytest.mark.parametrize("grad_scale", [None, 8.0])
+@pytest.mark.parametrize("tensor_lr", [False, True])
+def test_adam_step_matches_torch_fused_cuda(dtype, amsgrad, maximize, decoupled, grad_scale,
+                                            tensor_lr):
+    ours = make_state("cuda", dtype, amsgrad)
+    theirs = copy_to(ours, "cuda")
+    lr = torch.tensor(1e-2, device="cuda") if tensor_lr else 1e-2
+    scale = None if grad_scale is None else torch.tensor(grad_scale, device="cuda")
+    fused = torch._fused_adamw_ if decoupled else torch._fused_adam_
+    for _ in range(3):
+        ops.adam_step_(**ours, lr=lr, **HYPER, amsgrad=amsgrad, maximize=maximize,
+                       decoupled_weight_decay=decoupled, grad_scale=scale)
+        # torch.optim counts the steps in Python before calling its fused kernel.
+        torch._foreach_add_(theirs["state_steps"], 1)
+        fused(*(theirs[k] for k in LISTS), lr=lr, **HYPER, amsgrad=amsgrad, maximize=maximize,
+              grad_scale=scale)
+    # torch's CUDA kernel writes the first moment as b1*m + (1-b1)*g, ours (like torch's
+    # CPU kernels) as a lerp: equal up to rounding, not bit for bit.
+    assert_lists_close(ours, theirs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("amsgrad, maximize, decoupled",
+                         list(itertools.product([False, True], repeat=3)))
+@pytest.mark.parametrize("grad_scale", [None, 8.0])
+def test_adam_step_matches_our_cpu_kernel(dtype, amsgrad, maximize, decoupled, grad_scale):
+    on_gpu = make_state("cuda", dtype, amsgrad)
+    on_cpu = copy_to(on_gpu, "cpu")
+    kwargs = dict(HYPER, amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled)
+    for _ in range(3):
+        ops.adam_step_(**on_gpu, lr=1e-2, **kwargs, grad_scale=None if grad_scale is None
+                       else torch.tensor(grad_scale, device="cuda"))
+        ops.adam_step_(**on_cpu, lr=1e-2, **kwargs, grad_scale=None if grad_scale is None
+                       else torch.tensor(grad_scale))
+    # Same element functor and no contraction on either side; only the double-precision
+    # pow of the bias corrections may differ in its last bit between libm and CUDA.
+    tight = {torch.float32: dict(rtol=1e-6, atol=1e-7), torch.float64: dict(rtol=1e-14,
+                                                                           atol=1e-15)}
+    assert_lists_close(on_gpu, on_cpu, **tight.get(dtype, {}))
+
+
+@pytest.mark.parametrize("dtype, grad_dtype", [(torch.float32, None), (torch.float64, None),
+                                               (torch.bfloat16, torch.float32),
+                                               (torch.float16, torch.float32),
+                                               (torch.bfloat16, None)], ids=str)
+@pytest.mark.parametrize("multiplier", [0.25, float("inf"), float("nan")])
+@pytest.mark.parametrize("found_inf", [None, 0.0, 1.0])
+def test_window_step_matches_our_cpu_kernel(dtype, grad_dtype, multiplier, found_inf):
+    on_gpu = make_state("cuda", dtype, amsgrad=False, grad_dtype=grad_dtype)
+    on_cpu = copy_to(on_gpu, "cpu")
+    before = copy_to(on_gpu, "cpu")
+    for device, lists in (("cuda", on_gpu), ("cpu", on_cpu)):
+        ops.adam_window_step_(
+            **lists, grad_multiplier=torch.tensor(multiplier, device=device), lr=1e-2, **HYPER,
+            amsgrad=False, maximize=False, decoupled_weight_decay=True,
+            found_inf=None if found_inf is None else torch.tensor(found_inf, device=device))
+    assert_lists_close(on_gpu, on_cpu)
+    assert all(not g.any() for g in on_gpu["grads"])
+    skipped = bool(found_inf) or multiplier != 0.25
+    assert torch.equal(on_gpu["state_steps"][0].cpu(), before["state_steps"][0]) == skipped
+    assert torch.equal(on_gpu["params"][0].cpu(), before["params"][0]) == skipped
+
+
+def test_found_inf_changes_nothing():
+    lists = make_state("cuda", torch.float32, amsgrad=True)
+    before = copy_to(lists, "cuda")
+    ops.adam_step_(**lists, lr=1e-2, **HYPER, amsgrad=True, maximize=False,
+                   decoupled_weight_decay=True, grad_scale=torch.tensor(4.0, device="cuda"),
+                   found_inf=torch.tensor(1.0, device="cuda"))
+    assert_lists_equal(lists, before)
+
+
+def test_non_dense_rows_are_updated_in_place():
+    # A transposed param with a contiguous grad: the row is staged and written back.
+    dense = make_state("cuda", torch.float32, amsgrad=False)
+    strided = copy_to(dense, "cuda")
+    strided["params"][0] = strided["params"][0].t().contiguous().t()
+    kwargs = dict(lr=1e-2, **HYPER, amsgrad=False, maximize=False, decoupled_weight_decay=True)
+    ops.adam_step_(**dense, **kwargs)
+    ops.adam_step_(**strided, **kwargs)
+    assert_lists_equal(strided, dense)
+
+
+def test_cuda_graph_capture_and_replay_of_a_full_step():
+    eager = make_state("cuda", torch.float32, amsgrad=True)
+    captured = copy_to(eager, "cuda")
+    lr = torch.tensor(1e-2, device="cuda")
+    scale = torch.tensor(2.0, device="cuda")
+    found_inf = torch.tensor(0.0, device="cuda")
+    kwargs = dict(**HYPER, amsgrad=True, maximize=False, decoupled_weight_decay=True,
+                  grad_scale=scale, found_inf=found_inf)
+    # The step reads lr, grad_scale, found_inf and the step counts on the device: capture
+    # fails on any host synchronisation, and replays see the values written in between.
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        warm = copy_to(captured, "cuda")
+        ops.adam_step_.tensor_lr(**warm, lr=lr, **kwargs)
+    torch.cuda.current_stream().wait_stream(side)
+    with torch.cuda.graph(graph):
+        ops.adam_step_.tensor_lr(**captured, lr=lr, **kwargs)
+    new_grads = [torch.randn_like(g) for g in eager["grads"]]
+    for replay, lr_value in enumerate([1e-2, 5e-3, 1e-3]):
+        lr.fill_(lr_value)
+        found_inf.fill_(1.0 if replay == 1 else 0.0)
+        for dst_eager, dst_captured, src in zip(eager["grads"], captured["grads"], new_grads):
+            dst_eager.copy_(src * (replay + 1))
+            dst_captured.copy_(src * (replay + 1))
+        ops.adam_step_.tensor_lr(**eager, lr=lr, **kwargs)
+        graph.replay()
+    torch.cuda.synchronize()
+    assert_lists_equal(captured, eager)
+    assert captured["state_steps"][0].item() == 3.0 + 2  # the skipped replay did not count
+
+
+def test_sum_of_squares_under_graph_capture_reads_current_values():
+    tensors = [torch.randn(s, device="cuda") for s in SHAPES]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        ops.sum_of_squares(tensors)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        total = ops.sum_of_squares(tensors)
+    for t in tensors:
+        t.mul_(2.0)
+    graph.replay()
+    torch.testing.assert_close(total, ops.sum_of_squares(tensors), rtol=0, atol=0)
+
+
+def test_state_on_another_device_is_named():
+    lists = make_state("cuda", torch.float32, amsgrad=False)
+    lists["state_steps"][1] = lists["state_steps"][1].cpu()
+    with pytest.raises(RuntimeError, match=r"state_steps\[1\] must be on cuda"):
+        ops.adam_step_(**lists, lr=1e-2, **HYPER, amsgrad=False, maximize=False,
+                       decoupled_weight_decay=True)
+
+
+@pytest.mark.parametrize("buffer_dtype, grad_dtype", [(torch.float32, torch.float32),
+                                                      (torch.float32, torch.bfloat16),
+                                                      (torch.float16, torch.float16),
+                                                      (torch.float64, torch.float64)], ids=str)
+def test_accumulate_matches_our_cpu_kernel(buffer_dtype, grad_dtype):
+    g = torch.Generator().manual_seed(1)
+    buffers = [torch.randn(s, generator=g).to(buffer_dtype) for s in SHAPES]
+    grads = [torch.randn(s, generator=g).to(grad_dtype) for s in SHAPES]
+    gpu_grads = [x.cuda() for x in grads]
+    plain = [b.cuda() for b in buffers]
+    summed = [b.cuda() for b in buffers]
+    ops.accumulate_(plain, gpu_grads, scale=0.5)
+    gpu_sumsq = ops.accumulate_sumsq_(summed, gpu_grads, scale=0.5)
+    cpu_sumsq = ops.accumulate_sumsq_(buffers, grads, scale=0.5)
+    # float(b) + 0.5 * float(g) rounded once, no contraction on either side: equal bits.
+    for with_sum, without_sum, ref in zip(summed, plain, buffers):
+        assert torch.equal(with_sum.cpu(), ref)
+        assert torch.equal(without_sum.cpu(), ref)
+    assert gpu_sumsq.device.type == "cuda" and gpu_sumsq.dtype == torch.float32
+    assert gpu_sumsq.dim() == 0
+    # The same float squares, summed in double in another order.
+    torch.testing.assert_close(gpu_sumsq.cpu(), cpu_sumsq, rtol=1e-6, atol=0)
+
+
+def test_sum_of_squares_mixed_dtypes_is_deterministic():
+    g = torch.Generator().manual_seed(2)
+    tensors = [torch.randn(s, generator=g).to(d) for s, d in
+               zip(SHAPES, itertools.cycle(DTYPES))]
+    tensors.append(torch.randn(300, 70, generator=g).t())  # not dense in memory order
+    expected = ops.sum_of_squares(tensors)
+    on_gpu = [t.cuda() for t in tensors]
+    first = ops.sum_of_squares(on_gpu)
+    assert first.device.type == "cuda" and first.dim() == 0
+    torch.testing.assert_close(first.cpu(), expected, rtol=1e-6, atol=0)
+    for _ in range(3):
+        assert torch.equal(ops.sum_of_squares(on_gpu), first)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_params_on_the_second_device():
+    on_first = make_state("cuda:0", torch.float32, amsgrad=False)
+    on_second = copy_to(on_first, "cuda:1")
+    kwargs = dict(lr=1e-2, **HYPER, amsgrad=False, maximize=False, decoupled_weight_decay=True)
+    with torch.cuda.device(0):
+        ops.adam_step_(**on_first, **kwargs)
+        ops.adam_step_(**on_second, **kwargs)  # the op must switch to the tensors' device
+        assert torch.cuda.current_device() == 0
+        total = ops.sum_of_squares(on_second["params"])
+    assert total.device == torch.device("cuda:1")
+    assert_lists_equal(copy_to(on_second, "cuda:0"), on_first)
+
+
+@pytest.mark.skipif(not hasattr(fused_accum, "FusedAdamW"),
+                    reason="fused_accum.FusedAdamW is not in this build of the package")
+def test_fused_adamw_on_cuda_params_matches_torch():
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(s, device="cuda")) for s in [(7, 3), (65537,)]]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt = fused_accum.FusedAdamW(ours, lr=1e-2, weight_decay=0.1)
+    ref = torch.optim.AdamW(theirs, lr=1e-2, weight_decay=0.1, fused=True)
+    for _ in range(5):
+        for a, b in zip(ours, theirs):
+            grad = torch.randn_like(a)
+            a.grad, b.grad = grad.clone(), grad.clone()
+        opt.step()
+        ref.step()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
