@@ -6,7 +6,7 @@ import torch
 
 import fused_accum  # noqa: F401  (registers torch.ops.fused_accum)
 
-op = torch.ops.fused_accum.stream_roofline_
+op = torch.ops.fused_accum_bench.stream_roofline_
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -18,10 +18,10 @@ _CUDA_COPY_BYTES = 1 << 30
 
 def _stream_op():
     try:
-        return torch.ops.fused_accum.stream_roofline_
+        return torch.ops.fused_accum_bench.stream_roofline_
     except (AttributeError, RuntimeError) as e:
         raise RuntimeError(
-            "torch.ops.fused_accum.stream_roofline_ is missing: the installed extension "
+            "torch.ops.fused_accum_bench.stream_roofline_ is missing: the installed extension "
             "predates it; rebuild with `pip install --no-build-isolation -e .`") from e
 
 
