@@ -20,4 +20,12 @@ FA_HOST_DEVICE double square_as_double(float x) {
   return d * d;
 }
 
+// The square of a stored element, in double: exact for float, half and bfloat16
+// (through float, which holds them exactly), rounded once for double.
+template <typename X>
+FA_HOST_DEVICE double stored_square(X x) {
+  return square_as_double(static_cast<float>(x));
+}
+FA_HOST_DEVICE double stored_square(double x) { return x * x; }
+
 }  // namespace fused_accum

@@ -61,6 +61,12 @@ def test_sum_of_squares_matches_torch():
     assert float(ops.sum_of_squares(tensors)) == pytest.approx(expected, rel=1e-6)
 
 
+def test_sum_of_squares_keeps_float64_precision():
+    tensors = [torch.randn(300_001, dtype=torch.float64) * 1e3, torch.randn(7, dtype=torch.float64)]
+    expected = sum(float(t.square().sum()) for t in tensors)
+    assert float(ops.sum_of_squares(tensors).double()) == pytest.approx(expected, rel=1e-7)
+
+
 def test_accumulate_sums_in_float32():
     buffers = [torch.zeros(300, dtype=torch.float32)]
     grad = torch.full((300,), 1e-3, dtype=torch.bfloat16)

@@ -33,7 +33,7 @@ template <typename X>
 struct SquareOp {
   double sum;
   __device__ __forceinline__ void operator()(const X& x) {
-    sum += square_as_double(static_cast<float>(x));
+    sum += stored_square(x);
   }
 };
 
