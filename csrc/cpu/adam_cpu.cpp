@@ -83,10 +83,6 @@ void adam_all(const DenseRows& rows, const std::vector<double>& steps, const Ada
   });
 }
 
-double value_or(const std::optional<at::Tensor>& t, double fallback) {
-  return t.has_value() ? t->item<double>() : fallback;
-}
-
 }  // namespace
 
 void adam_cpu(const AdamCall& call, const char* op) {
@@ -95,8 +91,8 @@ void adam_cpu(const AdamCall& call, const char* op) {
   const size_t n = l.params.size();
   if (n == 0) return;
 
-  const double found_inf = value_or(call.found_inf, 0.0);
-  const double grad_factor = value_or(call.grad_factor, 1.0);
+  const double found_inf = host_value_or(call.found_inf, 0.0);
+  const double grad_factor = host_value_or(call.grad_factor, 1.0);
   const bool window = call.grad_mode == GradMode::kScaleAndZero;
   if (adam_step_skipped(&found_inf, window ? &grad_factor : nullptr)) {
     // Nothing changes; a discarded accumulation window still leaves clean buffers.
@@ -112,7 +108,7 @@ void adam_cpu(const AdamCall& call, const char* op) {
     *step += 1.0f;
     steps[i] = static_cast<double>(*step);
   }
-  const double lr = value_or(call.lr_tensor, call.hyper.lr);
+  const double lr = host_value_or(call.lr_tensor, call.hyper.lr);
 
   DenseRows rows = adam_dense_rows(call);
   dispatch_adam_storage(call, [&](auto param_tag, auto grad_tag) {

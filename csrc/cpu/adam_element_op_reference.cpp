@@ -50,16 +50,12 @@ void update_through_element_op(const DenseRows& rows, const AdamCall& call, doub
   });
 }
 
-double value_or(const std::optional<at::Tensor>& t, double fallback) {
-  return t.has_value() ? t->item<double>() : fallback;
-}
-
 void adam_through_element_op(const AdamCall& call, const char* op) {
   check_adam_call(call, op);
   const AdamTensorLists& l = call.lists;
   if (l.params.empty()) return;
-  const double found_inf = value_or(call.found_inf, 0.0);
-  const double grad_factor = value_or(call.grad_factor, 1.0);
+  const double found_inf = host_value_or(call.found_inf, 0.0);
+  const double grad_factor = host_value_or(call.grad_factor, 1.0);
   const bool window = call.grad_mode == GradMode::kScaleAndZero;
   if (adam_step_skipped(&found_inf, window ? &grad_factor : nullptr)) {
     if (window) {
@@ -68,7 +64,7 @@ void adam_through_element_op(const AdamCall& call, const char* op) {
     return;
   }
   for (const at::Tensor& step : l.state_steps) step.add_(1.0);
-  const double lr = value_or(call.lr_tensor, call.hyper.lr);
+  const double lr = host_value_or(call.lr_tensor, call.hyper.lr);
 
   DenseRows rows = adam_dense_rows(call);
   dispatch_adam_storage(call, [&](auto param_tag, auto grad_tag) {
