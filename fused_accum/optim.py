@@ -5,8 +5,6 @@ state_dict layout, hooks, LR schedulers and GradScaler behave as torch's do; onl
 step() differs: one operator call per (device, dtype) group instead of torch's loops.
 """
 
-from collections import defaultdict
-
 import torch
 
 from ._ops import ops
@@ -37,11 +35,6 @@ class _TensorLists:
                 self.max_exp_avg_sqs, self.steps)
 
 
-def _real(t):
-    # torch steps complex params as pairs of reals; so do the kernels.
-    return torch.view_as_real(t) if t.is_complex() else t
-
-
 def hyperparams(group):
     """The keyword arguments every Adam operator takes, from a param group."""
     beta1, beta2 = group["betas"]
@@ -67,27 +60,24 @@ def lr_for(group, device):
 class _FusedAdamStep:
     """State layout, grouping and the fused step shared by FusedAdam and FusedAdamW."""
 
-    def _state_of(self, p, amsgrad):
-        state = self.state[p]
+    def _init_state(self, p, state, amsgrad):
         if len(state) == 0:
             state["step"] = torch.zeros((), dtype=_STEP_DTYPE, device=p.device)
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if amsgrad:
-                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        elif amsgrad and "max_exp_avg_sq" not in state:
-            # amsgrad switched on for a param that already has moments (torch would fail).
+        if amsgrad and "max_exp_avg_sq" not in state:
+            # Also when amsgrad is switched on for a param that already has moments.
             state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state
 
     def group_tensors(self, group, grad_of=None):
         """Splits a param group into per-(device, dtype) lists, creating state lazily.
 
         `grad_of(p)` gives the gradient to step with (default p.grad); params for which
         it is None are skipped, their state untouched, exactly as torch skips them.
+        This loop runs every step: it touches each param as few times as it can.
         """
         amsgrad = group["amsgrad"]
-        grouped = defaultdict(_TensorLists)
+        grouped = {}
         for p in group["params"]:
             grad = p.grad if grad_of is None else grad_of(p)
             if grad is None:
@@ -96,15 +86,27 @@ class _FusedAdamStep:
                 raise RuntimeError(
                     "Adam does not support sparse gradients, please consider SparseAdam instead"
                 )
-            state = self._state_of(p, amsgrad)
-            param = _real(p)
-            lists = grouped[(param.device, param.dtype)]
-            lists.params.append(param)
-            lists.grads.append(_real(grad))
-            lists.exp_avgs.append(_real(state["exp_avg"]))
-            lists.exp_avg_sqs.append(_real(state["exp_avg_sq"]))
+            state = self.state[p]
+            if len(state) < (4 if amsgrad else 3):
+                self._init_state(p, state, amsgrad)
+            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+            max_exp_avg_sq = state["max_exp_avg_sq"] if amsgrad else None
+            if p.is_complex():
+                # torch steps complex params as pairs of reals; so do the kernels.
+                p, grad, exp_avg, exp_avg_sq = (torch.view_as_real(t)
+                                                 for t in (p, grad, exp_avg, exp_avg_sq))
+                if amsgrad:
+                    max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
+            key = (p.device, p.dtype)
+            lists = grouped.get(key)
+            if lists is None:
+                lists = grouped[key] = _TensorLists()
+            lists.params.append(p)
+            lists.grads.append(grad)
+            lists.exp_avgs.append(exp_avg)
+            lists.exp_avg_sqs.append(exp_avg_sq)
             if amsgrad:
-                lists.max_exp_avg_sqs.append(_real(state["max_exp_avg_sq"]))
+                lists.max_exp_avg_sqs.append(max_exp_avg_sq)
             lists.steps.append(state["step"])
         return grouped
 
