@@ -22,7 +22,7 @@ def test_quick_run_writes_json_with_default_scenarios(tmp_path):
     out = tmp_path / "bench.json"
     proc = run_bench("--quick", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "Issue 2: one AdamW step" in proc.stdout
+    assert "Headline: one AdamW step" in proc.stdout
     result = json.loads(out.read_text())
     tables = result["tables"]
     assert {t["scenario"] for t in tables} == DEFAULT_SCENARIOS

@@ -1,6 +1,6 @@
 """python -m fused_accum.bench: time fused_accum's optimizers against torch.optim.
 
-With no arguments, runs the default set (the roofline, the issue-2 AdamW step table
+With no arguments, runs the default set (the roofline, the headline AdamW step table
 on GPT-2-small shapes, small tensors, the end of an accumulation window) and prints
 text tables on stdout, progress on stderr.
 """

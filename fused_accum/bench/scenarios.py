@@ -125,11 +125,11 @@ def _step_tables(scenario, shape_set, dtype, algorithms, settings, title_prefix=
 
 # ---- scenarios ---------------------------------------------------------------------
 
-def issue2(settings):
+def headline(settings):
     """The default step table: one AdamW step over GPT-2-small shapes."""
     shape_set = shapes.GPT_TINY if settings.quick else shapes.GPT2_SMALL
     dtype = settings.dtype or torch.float32
-    return _step_tables("step", shape_set, dtype, [ADAMW], settings, "Issue 2: ")
+    return _step_tables("step", shape_set, dtype, [ADAMW], settings, "Headline: ")
 
 
 def step(settings):
@@ -212,7 +212,7 @@ def window(settings):
     return [table]
 
 
-# "issue2" is the default set's step table alone; "step" is the full matrix.
-SCENARIOS = {"issue2": issue2, "step": step, "small": small, "window": window,
+# "headline" is the default set's step table alone; "step" is the full matrix.
+SCENARIOS = {"headline": headline, "step": step, "small": small, "window": window,
              "roofline": roofline, "scaling": scaling}
-DEFAULT = (roofline, issue2, small, window)
+DEFAULT = (roofline, headline, small, window)
