@@ -247,8 +247,6 @@ def test_params_on_the_second_device():
     assert_lists_equal(copy_to(on_second, "cuda:0"), on_first)
 
 
-@pytest.mark.skipif(not hasattr(fused_accum, "FusedAdamW"),
-                    reason="fused_accum.FusedAdamW is not in this build of the package")
 def test_fused_adamw_on_cuda_params_matches_torch():
     torch.manual_seed(0)
     ours = [torch.nn.Parameter(torch.randn(s, device="cuda")) for s in [(7, 3), (65537,)]]
