@@ -14,6 +14,7 @@
 
 #include "../tensor_list_checks.h"
 #include "segments.h"
+#include "vectorizable_storage.h"
 
 namespace fused_accum {
 namespace cpu {
@@ -22,11 +23,11 @@ namespace {
 constexpr const char* kOp = "fused_accum_bench.stream_roofline_";
 
 // Each output depends on its own old value and on g, so no load or store can be
-// dropped; one add per stream keeps the loop memory-bound.
+// dropped; one add per stream keeps the loop memory-bound. T is a loop storage
+// type (vectorizable_storage.h), so bfloat16 vectorises as in the real step.
 template <typename T>
 void stream_piece(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m,
                   T* __restrict__ v, int64_t begin, int64_t end) {
-#pragma omp simd
   for (int64_t i = begin; i < end; ++i) {
     const float gi = static_cast<float>(g[i]);
     p[i] = static_cast<T>(static_cast<float>(p[i]) + gi);
@@ -66,13 +67,13 @@ void stream_roofline_cpu(at::TensorList p, at::TensorList g, at::TensorList m,
   for (size_t i = 0; i < n; ++i) numels[i] = p[i].numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p[0].scalar_type(),
                                   "fused_accum_stream_roofline_cpu", [&] {
-    std::vector<scalar_t*> pp(n), mp(n), vp(n);
-    std::vector<const scalar_t*> gp(n);
+    using T = loop_storage_t<scalar_t>;
+    std::vector<T*> pp(n), gp(n), mp(n), vp(n);
     for (size_t i = 0; i < n; ++i) {
-      pp[i] = p[i].data_ptr<scalar_t>();
-      gp[i] = g[i].const_data_ptr<scalar_t>();
-      mp[i] = m[i].data_ptr<scalar_t>();
-      vp[i] = v[i].data_ptr<scalar_t>();
+      pp[i] = loop_pointer(p[i].data_ptr<scalar_t>());
+      gp[i] = loop_pointer(g[i].data_ptr<scalar_t>());
+      mp[i] = loop_pointer(m[i].data_ptr<scalar_t>());
+      vp[i] = loop_pointer(v[i].data_ptr<scalar_t>());
     }
     Segments(numels).parallel_for_each_piece([&](int64_t t, int64_t begin, int64_t end) {
       stream_piece(pp[t], gp[t], mp[t], vp[t], begin, end);
