@@ -13,6 +13,7 @@
 #include "../accumulate_math.h"
 #include "../dense_rows.h"
 #include "segments.h"
+#include "vectorizable_storage.h"
 #include "accumulate_cpu.h"
 
 namespace fused_accum {
@@ -31,9 +32,13 @@ using SquareSum = std::conditional_t<std::is_same_v<X, double>, double, float>;
 template <typename B, typename G>
 double accumulate_piece(B* __restrict__ buffer, const G* __restrict__ grad, int64_t begin,
                         int64_t end, float scale, bool want_sumsq) {
+  // Grads are read as float values: a class-typed (bfloat16) temporary inside an
+  // `omp simd` loop keeps GCC from vectorising it.
   if (!want_sumsq) {
 #pragma omp simd
-    for (int64_t i = begin; i < end; ++i) accumulate_element(buffer[i], grad[i], scale);
+    for (int64_t i = begin; i < end; ++i) {
+      accumulate_element(buffer[i], static_cast<float>(grad[i]), scale);
+    }
     return 0.0;
   }
   double total = 0.0;
@@ -42,7 +47,7 @@ double accumulate_piece(B* __restrict__ buffer, const G* __restrict__ grad, int6
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t i = block; i < block_end; ++i) {
-      const float updated = accumulate_element(buffer[i], grad[i], scale);
+      const float updated = accumulate_element(buffer[i], static_cast<float>(grad[i]), scale);
       sum += updated * updated;
     }
     total += sum;
@@ -127,11 +132,11 @@ double accumulate_all(at::TensorList buffers, at::TensorList grads, double scale
     using G = scalar_t;
     auto run = [&](auto buffer_tag) {
       using B = decltype(buffer_tag);
-      std::vector<B*> buffer_ptrs(rows.rows());
-      std::vector<const G*> grad_ptrs(rows.rows());
+      std::vector<loop_storage_t<B>*> buffer_ptrs(rows.rows());
+      std::vector<loop_storage_t<G>*> grad_ptrs(rows.rows());
       for (size_t i = 0; i < rows.rows(); ++i) {
-        buffer_ptrs[i] = rows.at(0, i).data_ptr<B>();
-        grad_ptrs[i] = rows.at(1, i).const_data_ptr<G>();
+        buffer_ptrs[i] = loop_pointer(rows.at(0, i).data_ptr<B>());
+        grad_ptrs[i] = loop_pointer(rows.at(1, i).data_ptr<G>());
       }
       sumsq = parallel_sum(segments, [&](int64_t t, int64_t begin, int64_t end) {
         return accumulate_piece(buffer_ptrs[t], grad_ptrs[t], begin, end,
@@ -174,7 +179,7 @@ at::Tensor sum_of_squares_cpu(at::TensorList tensors) {
     numels.push_back(t.numel());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(),
                                     "fused_accum_sum_of_squares_cpu",
-                                    [&] { piece_fns.push_back(&sum_of_squares_piece<scalar_t>); });
+                                    [&] { piece_fns.push_back(&sum_of_squares_piece<loop_storage_t<scalar_t>>); });
   }
   const Segments segments(numels);
   const double total = parallel_sum(segments, [&](int64_t t, int64_t begin, int64_t end) {
