@@ -11,6 +11,7 @@
 #include "../adam_flag_dispatch.h"
 #include "../adam_rows.h"
 #include "adam_cpu.h"
+#include "host_step.h"
 #include "segments.h"
 #include "vectorizable_storage.h"
 
@@ -145,32 +146,13 @@ void adam_all(const DenseRows& rows, const std::vector<double>& steps, const Ada
 
 void adam_cpu(const AdamCall& call, const char* op) {
   check_adam_call(call, op);
-  const AdamTensorLists& l = call.lists;
-  const size_t n = l.params.size();
-  if (n == 0) return;
-
-  const double found_inf = host_value_or(call.found_inf, 0.0);
-  const double grad_factor = host_value_or(call.grad_factor, 1.0);
-  const bool window = call.grad_mode == GradMode::kScaleAndZero;
-  if (adam_step_skipped(&found_inf, window ? &grad_factor : nullptr)) {
-    // Nothing changes; a discarded accumulation window still leaves clean buffers.
-    if (window) {
-      for (const at::Tensor& g : l.grads) g.zero_();
-    }
-    return;
-  }
-
-  std::vector<double> steps(n);
-  for (size_t i = 0; i < n; ++i) {
-    float* step = l.state_steps[i].data_ptr<float>();
-    *step += 1.0f;
-    steps[i] = static_cast<double>(*step);
-  }
-  const double lr = host_value_or(call.lr_tensor, call.hyper.lr);
-
+  if (call.lists.params.empty()) return;
+  const std::optional<HostStep> step = begin_host_step(call);
+  if (!step) return;
   DenseRows rows = adam_dense_rows(call);
   dispatch_adam_storage(call, [&](auto param_tag, auto grad_tag) {
-    adam_all<decltype(param_tag), decltype(grad_tag)>(rows, steps, call, lr, grad_factor);
+    adam_all<decltype(param_tag), decltype(grad_tag)>(rows, step->steps, call, step->lr,
+                                                      step->grad_factor);
   });
   rows.finish();
 }

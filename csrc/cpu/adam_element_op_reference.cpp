@@ -15,13 +15,15 @@
 #include "../adam_ops.h"
 #include "../adam_schemas.h"
 #include "../adam_rows.h"
+#include "host_step.h"
 
 namespace fused_accum {
 namespace cpu {
 namespace {
 
 template <typename P, typename G>
-void update_through_element_op(const DenseRows& rows, const AdamCall& call, double lr,
+void update_through_element_op(const DenseRows& rows, const AdamCall& call,
+                               const std::vector<double>& steps, double lr,
                                double grad_factor) {
   const AdamHyperparams& h = call.hyper;
   dispatch_adam_flags(h, call.grad_mode, [&](auto mode, auto amsgrad, auto maximize,
@@ -31,8 +33,7 @@ void update_through_element_op(const DenseRows& rows, const AdamCall& call, doub
                              decltype(grad_mode)::value>;
     using T = typename Op::T;
     for (size_t i = 0; i < rows.rows(); ++i) {
-      const double step = static_cast<double>(call.lists.state_steps[i].item<float>());
-      const Op op{make_adam_scalars<T>(lr, h.beta1, h.beta2, h.weight_decay, h.eps, step),
+      const Op op{make_adam_scalars<T>(lr, h.beta1, h.beta2, h.weight_decay, h.eps, steps[i]),
                   grad_factor_as<T>(grad_factor)};
       P* param = rows.at(0, i).data_ptr<P>();
       G* grad = rows.at(1, i).data_ptr<G>();
@@ -52,24 +53,13 @@ void update_through_element_op(const DenseRows& rows, const AdamCall& call, doub
 
 void adam_through_element_op(const AdamCall& call, const char* op) {
   check_adam_call(call, op);
-  const AdamTensorLists& l = call.lists;
-  if (l.params.empty()) return;
-  const double found_inf = host_value_or(call.found_inf, 0.0);
-  const double grad_factor = host_value_or(call.grad_factor, 1.0);
-  const bool window = call.grad_mode == GradMode::kScaleAndZero;
-  if (adam_step_skipped(&found_inf, window ? &grad_factor : nullptr)) {
-    if (window) {
-      for (const at::Tensor& g : l.grads) g.zero_();
-    }
-    return;
-  }
-  for (const at::Tensor& step : l.state_steps) step.add_(1.0);
-  const double lr = host_value_or(call.lr_tensor, call.hyper.lr);
-
+  if (call.lists.params.empty()) return;
+  const std::optional<HostStep> step = begin_host_step(call);
+  if (!step) return;
   DenseRows rows = adam_dense_rows(call);
   dispatch_adam_storage(call, [&](auto param_tag, auto grad_tag) {
-    update_through_element_op<decltype(param_tag), decltype(grad_tag)>(rows, call, lr,
-                                                                       grad_factor);
+    update_through_element_op<decltype(param_tag), decltype(grad_tag)>(
+        rows, call, step->steps, step->lr, step->grad_factor);
   });
   rows.finish();
 }

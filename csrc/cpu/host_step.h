@@ -1,0 +1,46 @@
+// What a host-side Adam step does before its element loop, shared by the CPU
+// kernel and the host run of the element functor so the two cannot disagree on
+// when a step is skipped or how it is counted.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include "../adam_args.h"
+#include "../adam_element_op.h"
+
+namespace fused_accum {
+namespace cpu {
+
+struct HostStep {
+  std::vector<double> steps;  // each param's step count, after this step
+  double lr;
+  double grad_factor;
+};
+
+// Honours a skip (GradScaler's found_inf, or a non-finite window multiplier):
+// nothing changes, except that a discarded accumulation window leaves clean
+// buffers; returns nullopt. Otherwise counts the step of every param.
+inline std::optional<HostStep> begin_host_step(const AdamCall& call) {
+  const AdamTensorLists& l = call.lists;
+  const double found_inf = host_value_or(call.found_inf, 0.0);
+  const double grad_factor = host_value_or(call.grad_factor, 1.0);
+  const bool window = call.grad_mode == GradMode::kScaleAndZero;
+  if (adam_step_skipped(&found_inf, window ? &grad_factor : nullptr)) {
+    if (window) {
+      for (const at::Tensor& g : l.grads) g.zero_();
+    }
+    return std::nullopt;
+  }
+  HostStep step{std::vector<double>(l.state_steps.size()),
+                host_value_or(call.lr_tensor, call.hyper.lr), grad_factor};
+  for (size_t i = 0; i < l.state_steps.size(); ++i) {
+    float* count = l.state_steps[i].data_ptr<float>();
+    *count += 1.0f;
+    step.steps[i] = static_cast<double>(*count);
+  }
+  return step;
+}
+
+}  // namespace cpu
+}  // namespace fused_accum
