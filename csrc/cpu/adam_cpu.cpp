@@ -145,16 +145,11 @@ void adam_all(const DenseRows& rows, const std::vector<double>& steps, const Ada
 }  // namespace
 
 void adam_cpu(const AdamCall& call, const char* op) {
-  check_adam_call(call, op);
-  if (call.lists.params.empty()) return;
-  const std::optional<HostStep> step = begin_host_step(call);
-  if (!step) return;
-  DenseRows rows = adam_dense_rows(call);
-  dispatch_adam_storage(call, [&](auto param_tag, auto grad_tag) {
-    adam_all<decltype(param_tag), decltype(grad_tag)>(rows, step->steps, call, step->lr,
-                                                      step->grad_factor);
+  run_host_adam(call, op, [&](auto param_tag, auto grad_tag, const DenseRows& rows,
+                              const HostStep& step) {
+    adam_all<decltype(param_tag), decltype(grad_tag)>(rows, step.steps, call, step.lr,
+                                                      step.grad_factor);
   });
-  rows.finish();
 }
 
 }  // namespace cpu

@@ -52,16 +52,11 @@ void update_through_element_op(const DenseRows& rows, const AdamCall& call,
 }
 
 void adam_through_element_op(const AdamCall& call, const char* op) {
-  check_adam_call(call, op);
-  if (call.lists.params.empty()) return;
-  const std::optional<HostStep> step = begin_host_step(call);
-  if (!step) return;
-  DenseRows rows = adam_dense_rows(call);
-  dispatch_adam_storage(call, [&](auto param_tag, auto grad_tag) {
+  run_host_adam(call, op, [&](auto param_tag, auto grad_tag, const DenseRows& rows,
+                              const HostStep& step) {
     update_through_element_op<decltype(param_tag), decltype(grad_tag)>(
-        rows, call, step->steps, step->lr, step->grad_factor);
+        rows, call, step.steps, step.lr, step.grad_factor);
   });
-  rows.finish();
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include "../adam_args.h"
 #include "../adam_element_op.h"
+#include "../adam_rows.h"
 
 namespace fused_accum {
 namespace cpu {
@@ -40,6 +41,21 @@ inline std::optional<HostStep> begin_host_step(const AdamCall& call) {
     step.steps[i] = static_cast<double>(*count);
   }
   return step;
+}
+
+// A whole host-side Adam call: checks, the prologue above, staged rows, then
+// update(param_tag, grad_tag, rows, step) with the storage types of the call.
+template <typename Update>
+void run_host_adam(const AdamCall& call, const char* op, const Update& update) {
+  check_adam_call(call, op);
+  if (call.lists.params.empty()) return;
+  const std::optional<HostStep> step = begin_host_step(call);
+  if (!step) return;
+  DenseRows rows = adam_dense_rows(call);
+  dispatch_adam_storage(call, [&](auto param_tag, auto grad_tag) {
+    update(param_tag, grad_tag, rows, *step);
+  });
+  rows.finish();
 }
 
 }  // namespace cpu
