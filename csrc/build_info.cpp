@@ -1,8 +1,11 @@
 // The Python module of the extension: importing it registers the operators
-// (static initialisers of the other translation units) and it answers what was built.
+// (static initialisers of the other translation units), it answers what was built,
+// and it holds the eager param-group step (param_group_step.h).
 #include <pybind11/pybind11.h>
 
 #include <string>
+
+#include "param_group_step.h"
 
 #ifndef FUSED_ACCUM_TORCH_VERSION
 #error "setup.py defines FUSED_ACCUM_TORCH_VERSION"
@@ -53,4 +56,5 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "fused_accum compiled extension: operators live in torch.ops.fused_accum";
   m.def("build_info", &build_info,
         "What this build contains: torch version, CPU instruction set, CUDA architectures.");
+  fused_accum::define_param_group_step(m);
 }

@@ -8,6 +8,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
 #include <vector>
 
 namespace fused_accum {
@@ -18,18 +19,23 @@ class DenseRows {
   DenseRows(const std::vector<at::TensorList>& lists, const std::vector<bool>& mutated);
 
   // The tensor the kernel should use for list k, row i.
-  const at::Tensor& at(size_t k, size_t i) const { return views_[k][i]; }
-  size_t rows() const { return rows_; }
+  const at::Tensor& at(size_t k, size_t i) const {
+    const int64_t staged = staged_index_[i];
+    return staged < 0 ? originals_[k][i] : staged_[k][staged];
+  }
+  size_t rows() const { return staged_index_.size(); }
 
   // Copies staged results back into the caller's tensors.
   void finish();
 
  private:
+  // Rows in place are not copied: a tensor copy costs a reference count on
+  // metadata that, with thousands of small tensors, is rarely in cache.
   std::vector<at::TensorList> originals_;
   std::vector<bool> mutated_;
-  std::vector<std::vector<at::Tensor>> views_;
-  std::vector<size_t> staged_rows_;
-  size_t rows_ = 0;
+  std::vector<int64_t> staged_index_;            // per row: -1, or its index in staged_rows_
+  std::vector<size_t> staged_rows_;              // the rows that were staged
+  std::vector<std::vector<at::Tensor>> staged_;  // staged_[k][j]: list k of staged row j
 };
 
 }  // namespace fused_accum

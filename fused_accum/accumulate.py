@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ._ops import ops
-from .optim import _FusedAdamStep, hyperparams, lr_for
+from .optim import _FusedAdamStep
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 _MEAN, _WEIGHTED = "mean", "weighted"
@@ -153,22 +153,18 @@ class GradAccumulator:
             scale = already_averaged_over / total
         else:
             scale = already_averaged_over / (self.micro_step * world)
-        multipliers = self._multipliers(grads, scale)
+        multiplier = self._multiplier(grads, scale)
         # The one host sync per window: step() must report whether the window counted.
         finite = bool(torch.isfinite(self.grad_norm))
         for group in self.optimizer.param_groups:
-            hyper = hyperparams(group)
-            for (device, _), lists in self.optimizer.group_tensors(group, grad_of=grads.get).items():
-                lr = lr_for(group, device)
-                step_op = (ops.adam_window_step_.tensor_lr if isinstance(lr, torch.Tensor)
-                           else ops.adam_window_step_)
-                step_op(*lists.as_args(), grad_multiplier=multipliers[device], lr=lr, **hyper)
+            self.optimizer.step_group(group, grads=[grads.get(p) for p in group["params"]],
+                                      window=True, grad_factor=multiplier)
         self._reset_window()
         return finite
 
-    def _multipliers(self, grads, scale):
-        """Per device, scale * clip_coef as a 0-d float32 tensor (non-finite when the
-        norm is, which makes the kernel discard the window). Sets self.grad_norm."""
+    def _multiplier(self, grads, scale):
+        """scale * clip_coef as a 0-d float32 tensor (non-finite when the norm is,
+        which makes the kernel discard the window). Sets self.grad_norm."""
         by_device = {}
         for g in grads.values():
             by_device.setdefault(g.device, []).append(g)
@@ -184,8 +180,7 @@ class GradAccumulator:
         else:
             # Exactly torch.nn.utils.clip_grad_norm_'s coefficient.
             coef = torch.clamp(self.max_grad_norm / (total_norm + 1e-6), max=1.0)
-        multiplier = coef * scale
-        return {d: multiplier.to(d) for d in devices}
+        return coef * scale
 
     def _global_weight(self, world):
         if world == 1:

@@ -7,6 +7,7 @@ step() differs: one operator call per (device, dtype) group instead of torch's l
 
 import torch
 
+from ._loader import step_param_group
 from ._ops import ops
 
 _STEP_DTYPE = torch.float32  # torch's fused and capturable layout for state["step"]
@@ -69,17 +70,20 @@ class _FusedAdamStep:
             # Also when amsgrad is switched on for a param that already has moments.
             state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def group_tensors(self, group, grad_of=None):
+    def group_tensors(self, group, grads=None):
         """Splits a param group into per-(device, dtype) lists, creating state lazily.
 
-        `grad_of(p)` gives the gradient to step with (default p.grad); params for which
-        it is None are skipped, their state untouched, exactly as torch skips them.
-        This loop runs every step: it touches each param as few times as it can.
+        `grads` is None (step each param with p.grad) or a list aligned with
+        group["params"]; params whose gradient is None are skipped, their state
+        untouched, exactly as torch skips them. This is the traceable twin of the
+        C++ grouping in csrc/param_group_step.cpp, used under torch.compile.
         """
         amsgrad = group["amsgrad"]
+        params = group["params"]
+        if grads is None:
+            grads = [p.grad for p in params]
         grouped = {}
-        for p in group["params"]:
-            grad = p.grad if grad_of is None else grad_of(p)
+        for p, grad in zip(params, grads):
             if grad is None:
                 continue
             if grad.is_sparse:
@@ -110,6 +114,37 @@ class _FusedAdamStep:
             lists.steps.append(state["step"])
         return grouped
 
+    def step_group(self, group, *, grads=None, window=False, grad_factor=None, found_inf=None):
+        """Steps one param group with the fused operators.
+
+        window=False: adam_step_, `grad_factor` is GradScaler's scale (or None).
+        window=True: adam_window_step_, `grads` are accumulation buffers read as
+        buffer * `grad_factor` and zeroed. Eagerly the grouping runs in C++; under
+        torch.compile, which traces Python, it runs in group_tensors.
+        """
+        if torch.compiler.is_compiling():
+            self._step_group_traced(group, grads, window, grad_factor, found_inf)
+        else:
+            self._step_group_eager(group, grads, window, grad_factor, found_inf)
+
+    def _step_group_eager(self, group, grads, window, grad_factor, found_inf):
+        step_param_group(group["params"], grads, self.state, self._init_state,
+                         window=window, lr=group["lr"], **hyperparams(group),
+                         grad_factor=grad_factor, found_inf=found_inf)
+
+    def _step_group_traced(self, group, grads, window, grad_factor, found_inf):
+        hyper = hyperparams(group)
+        for (device, _), lists in self.group_tensors(group, grads).items():
+            lr = lr_for(group, device)
+            tensor_lr = isinstance(lr, torch.Tensor)
+            factor, inf = _to(grad_factor, device), _to(found_inf, device)
+            if window:
+                op = ops.adam_window_step_.tensor_lr if tensor_lr else ops.adam_window_step_
+                op(*lists.as_args(), grad_multiplier=factor, lr=lr, **hyper, found_inf=inf)
+            else:
+                op = ops.adam_step_.tensor_lr if tensor_lr else ops.adam_step_
+                op(*lists.as_args(), lr=lr, **hyper, grad_scale=factor, found_inf=inf)
+
     @torch.no_grad()
     def step(self, closure=None):
         """Performs one optimization step; `closure` re-evaluates the model, as in torch."""
@@ -121,12 +156,7 @@ class _FusedAdamStep:
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         for group in self.param_groups:
-            hyper = hyperparams(group)
-            for (device, _), lists in self.group_tensors(group).items():
-                lr = lr_for(group, device)
-                step_op = ops.adam_step_.tensor_lr if isinstance(lr, torch.Tensor) else ops.adam_step_
-                step_op(*lists.as_args(), lr=lr, **hyper,
-                        grad_scale=_to(grad_scale, device), found_inf=_to(found_inf, device))
+            self.step_group(group, grad_factor=grad_scale, found_inf=found_inf)
         return loss
 
     def load_state_dict(self, state_dict):

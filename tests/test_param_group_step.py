@@ -1,0 +1,158 @@
+"""The two groupings of a param group's step agree bit for bit.
+
+Eagerly a group is sorted into per-(device, dtype) lists in C++
+(csrc/param_group_step.cpp); under torch.compile, which traces Python, in
+FusedAdam.group_tensors. Both then call the same operators, so any difference
+would be a grouping bug: a param stepped with another's state, a skipped param
+stepped, a complex param not viewed as real.
+"""
+
+import pytest
+import torch
+
+from fused_accum import FusedAdam, FusedAdamW
+from fused_accum._loader import step_param_group
+
+EAGER, TRACED = "_step_group_eager", "_step_group_traced"
+
+
+def step_by(opt, path, grad_scale=None, found_inf=None):
+    with torch.no_grad():
+        for group in opt.param_groups:
+            getattr(opt, path)(group, None, False, grad_scale, found_inf)
+
+
+def mixed_params(seed):
+    """Three dtypes, a complex param, a non-contiguous one, two groups."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, dtype=torch.float32):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+    first = [rand(7, 3), rand(5, dtype=torch.bfloat16), rand(4, 4, dtype=torch.float64),
+             rand(6, 2).t(), rand(3, dtype=torch.float32), rand(1, dtype=torch.bfloat16)]
+    second = [torch.complex(rand(4), rand(4)), rand(9, dtype=torch.float16)]
+    return first, second
+
+
+def build(opt_class, seed, **kwargs):
+    first, second = mixed_params(seed)
+    params = [torch.nn.Parameter(t.clone()) for t in first + second]
+    groups = [{"params": params[:len(first)]},
+              {"params": params[len(first):], "lr": torch.tensor(3e-3, dtype=torch.float64)}]
+    return params, opt_class(groups, lr=1e-2, **kwargs)
+
+
+def give_grads(params, step, none_every=3):
+    gen = torch.Generator().manual_seed(100 + step)
+    for i, p in enumerate(params):
+        if (i + step) % none_every == 0:
+            p.grad = None  # skipped this step: its state must stay as it is
+            continue
+        g = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+        if p.is_complex():
+            g = torch.complex(g, torch.randn(p.shape, generator=gen, dtype=torch.float64))
+        p.grad = g.to(p.dtype)
+
+
+def assert_same(opt_a, params_a, opt_b, params_b):
+    for pa, pb in zip(params_a, params_b):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+        sa, sb = opt_a.state[pa], opt_b.state[pb]
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("opt_class,kwargs", [
+    (FusedAdamW, {}),
+    (FusedAdamW, {"amsgrad": True, "weight_decay": 0.1}),
+    (FusedAdam, {"weight_decay": 0.1}),
+    (FusedAdam, {"maximize": True, "amsgrad": True}),
+])
+def test_eager_and_traced_grouping_step_alike(opt_class, kwargs):
+    params_a, opt_a = build(opt_class, 0, **kwargs)
+    params_b, opt_b = build(opt_class, 0, **kwargs)
+    for step in range(6):
+        give_grads(params_a, step)
+        give_grads(params_b, step)
+        step_by(opt_a, EAGER)
+        step_by(opt_b, TRACED)
+    assert_same(opt_a, params_a, opt_b, params_b)
+    # Every param was stepped at least once, and a param's count is its own.
+    assert all(opt_a.state[p]["step"].item() >= 3 for p in params_a)
+
+
+def test_grad_scale_and_found_inf_reach_every_group():
+    params_a, opt_a = build(FusedAdamW, 1)
+    params_b, opt_b = build(FusedAdamW, 1)
+    scale = torch.tensor(4.0)
+    for step, inf in enumerate([0.0, 1.0, 0.0]):
+        give_grads(params_a, step)
+        give_grads(params_b, step)
+        step_by(opt_a, EAGER, scale, torch.tensor(inf))
+        step_by(opt_b, TRACED, scale, torch.tensor(inf))
+    assert_same(opt_a, params_a, opt_b, params_b)
+
+
+def test_a_replaced_state_tensor_is_the_one_stepped():
+    # Nothing is cached between steps: the state is read afresh every step.
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = FusedAdamW([p], lr=0.1)
+    p.grad = torch.ones(4)
+    opt.step()
+    old = opt.state[p]["exp_avg"]
+    new = torch.zeros(4)
+    opt.state[p]["exp_avg"] = new
+    before = old.clone()
+    opt.step()
+    torch.testing.assert_close(old, before, rtol=0, atol=0)
+    torch.testing.assert_close(new, torch.full((4,), 0.1), rtol=0, atol=0)
+
+
+def test_a_param_added_between_steps_is_stepped():
+    p, q = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))
+    opt = FusedAdamW([p], lr=0.1)
+    p.grad = torch.ones(2)
+    opt.step()
+    opt.param_groups[0]["params"].append(q)
+    q.grad = torch.ones(3)
+    opt.step()
+    assert opt.state[q]["step"].item() == 1
+    assert opt.state[p]["step"].item() == 2
+
+
+def call_eager(opt, grads, grad_enabled=False):
+    group = opt.param_groups[0]
+    with torch.set_grad_enabled(grad_enabled):
+        step_param_group(group["params"], grads, opt.state, opt._init_state, window=False,
+                         lr=0.1, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
+                         amsgrad=False, maximize=False, decoupled_weight_decay=True,
+                         grad_factor=None, found_inf=None)
+
+
+def test_misuse_is_refused_with_a_message():
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = FusedAdamW([p])
+    with pytest.raises(ValueError, match="one entry per param: 1 params, 2 grads"):
+        call_eager(opt, [torch.ones(2), torch.ones(2)])
+    with pytest.raises(TypeError, match=r"grads\[0\] must be a Tensor, got int"):
+        call_eager(opt, [3])
+    opt.state[p] = ["not", "a", "dict"]
+    with pytest.raises(TypeError, match=r"state of params\[0\] must be a dict, got list"):
+        call_eager(opt, [torch.ones(2)])
+    opt.state[p] = {"step": torch.zeros(()), "exp_avg": torch.zeros(2), "exp_avg_sq": 1.0}
+    with pytest.raises(TypeError, match=r"state of params\[0\]\['exp_avg_sq'\] must be a Tensor, got float"):
+        call_eager(opt, [torch.ones(2)])
+    with pytest.raises(RuntimeError, match="must run under torch.no_grad"):
+        call_eager(opt, None, grad_enabled=True)
+
+
+def test_operator_errors_arrive_as_runtime_errors():
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = FusedAdamW([p])
+    p.grad = torch.ones(2)
+    opt.step()
+    opt.state[p]["exp_avg"] = torch.zeros(3)
+    with pytest.raises(RuntimeError, match=r"exp_avgs\[0\] must have shape \[2\]"):
+        opt.step()
