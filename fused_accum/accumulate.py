@@ -157,8 +157,8 @@ class GradAccumulator:
         # The one host sync per window: step() must report whether the window counted.
         finite = bool(torch.isfinite(self.grad_norm))
         for group in self.optimizer.param_groups:
-            self.optimizer.step_group(group, grads=[grads.get(p) for p in group["params"]],
-                                      window=True, grad_factor=multiplier)
+            self.optimizer._step_group(group, grads=[grads.get(p) for p in group["params"]],
+                                       window=True, grad_factor=multiplier)
         self._reset_window()
         return finite
 

@@ -114,7 +114,7 @@ class _FusedAdamStep:
             lists.steps.append(state["step"])
         return grouped
 
-    def step_group(self, group, *, grads=None, window=False, grad_factor=None, found_inf=None):
+    def _step_group(self, group, *, grads=None, window=False, grad_factor=None, found_inf=None):
         """Steps one param group with the fused operators.
 
         window=False: adam_step_, `grad_factor` is GradScaler's scale (or None).
@@ -156,7 +156,7 @@ class _FusedAdamStep:
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         for group in self.param_groups:
-            self.step_group(group, grad_factor=grad_scale, found_inf=found_inf)
+            self._step_group(group, grad_factor=grad_scale, found_inf=found_inf)
         return loss
 
     def load_state_dict(self, state_dict):
