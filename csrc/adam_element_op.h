@@ -24,8 +24,16 @@ struct MathType<double> {
   using type = double;
 };
 
+// Storage narrower than float32 (bfloat16, float16) takes the bias correction
+// as a multiplication (adam_math.h, ConstantDivision).
+template <typename P>
+constexpr ConstantDivision kDivisionFor =
+    sizeof(P) < sizeof(float) ? ConstantDivision::kByReciprocal : ConstantDivision::kExact;
+
+// DIVISION follows the storage type; the CPU kernel, which steps low-precision
+// storage through float scratch, passes the storage's.
 template <typename P, typename G, DecayMode MODE, bool AMSGRAD, bool MAXIMIZE,
-          GradMode GRAD_MODE>
+          GradMode GRAD_MODE, ConstantDivision DIVISION = kDivisionFor<P>>
 struct AdamElementOp {
   using T = typename MathType<P>::type;
   AdamScalars<T> scalars;
@@ -38,7 +46,7 @@ struct AdamElementOp {
     T v = static_cast<T>(exp_avg_sq);
     T max_v = AMSGRAD ? static_cast<T>(max_exp_avg_sq) : T(0);
     const T g = take_grad<GRAD_MODE, T>(grad, grad_factor);
-    adam_update<MODE, AMSGRAD, MAXIMIZE>(p, g, m, v, max_v, scalars);
+    adam_update<MODE, AMSGRAD, MAXIMIZE, DIVISION>(p, g, m, v, max_v, scalars);
     param = static_cast<P>(p);
     exp_avg = static_cast<P>(m);
     exp_avg_sq = static_cast<P>(v);

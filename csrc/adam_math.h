@@ -31,6 +31,7 @@ struct AdamScalars {
   T beta2;
   T one_minus_beta2;
   T bias_correction2_sqrt;
+  T inv_bias_correction2_sqrt;  // 1 / sqrt(1 - beta2^step), for ConstantDivision::kByReciprocal
   T eps;
   T neg_step_size;   // -lr / (1 - beta1^step)
 };
@@ -52,10 +53,19 @@ FA_HOST_DEVICE AdamScalars<T> make_adam_scalars(double lr, double beta1,
   s.beta2 = static_cast<T>(beta2);
   s.one_minus_beta2 = static_cast<T>(1.0 - beta2);
   s.bias_correction2_sqrt = static_cast<T>(sqrt(bias_correction2));
+  s.inv_bias_correction2_sqrt = static_cast<T>(1.0 / sqrt(bias_correction2));
   s.eps = static_cast<T>(eps);
   s.neg_step_size = static_cast<T>(-(lr / bias_correction1));
   return s;
 }
+
+// How sqrt(v) is divided by sqrt(1 - beta2^step), a constant of the step.
+// kExact divides, as torch does: float32 and float64 results then agree with
+// torch bit for bit. kByReciprocal multiplies by the reciprocal instead, which
+// moves the float math by at most an ulp or so; it is used for bfloat16 and
+// float16 storage, which rounds that math to 8 or 11 significant bits anyway,
+// and where the step is bound by the divider rather than by memory.
+enum class ConstantDivision : int { kExact = 0, kByReciprocal = 1 };
 
 FA_HOST_DEVICE float fa_fma(float a, float b, float c) { return fmaf(a, b, c); }
 FA_HOST_DEVICE double fa_fma(double a, double b, double c) { return fma(a, b, c); }
@@ -68,7 +78,8 @@ FA_HOST_DEVICE double fa_sqrt(double a) { return sqrt(a); }
 // emits it, so float32 results agree bit for bit. The kernels are compiled
 // without floating-point contraction: the fmas below are the only ones, on the
 // CPU and on the GPU alike.
-template <DecayMode MODE, bool AMSGRAD, bool MAXIMIZE, typename T>
+template <DecayMode MODE, bool AMSGRAD, bool MAXIMIZE,
+          ConstantDivision DIVISION = ConstantDivision::kExact, typename T>
 FA_HOST_DEVICE void adam_update(T& p, T g, T& m, T& v, T& max_v,
                                 const AdamScalars<T>& s) {
   if (MAXIMIZE) g = -g;
@@ -84,7 +95,10 @@ FA_HOST_DEVICE void adam_update(T& p, T g, T& m, T& v, T& max_v,
     max_v = max_v > v ? max_v : v;
     second_moment = max_v;
   }
-  const T denom = fa_sqrt(second_moment) / s.bias_correction2_sqrt + s.eps;
+  const T root = fa_sqrt(second_moment);
+  const T denom = (DIVISION == ConstantDivision::kExact ? root / s.bias_correction2_sqrt
+                                                        : root * s.inv_bias_correction2_sqrt) +
+                  s.eps;
   p = p + s.neg_step_size * m / denom;
 }
 

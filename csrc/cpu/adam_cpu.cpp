@@ -115,7 +115,7 @@ void adam_all(const DenseRows& rows, const std::vector<double>& steps, const Ada
     using OpP = std::conditional_t<IN_PLACE, P, float>;
     using OpG = std::conditional_t<IN_PLACE, G, float>;
     using Op = AdamElementOp<OpP, OpG, decltype(mode)::value, AMSGRAD,
-                             decltype(maximize)::value, GRAD_MODE>;
+                             decltype(maximize)::value, GRAD_MODE, kDivisionFor<P>>;
     using T = typename Op::T;
     static_assert(std::is_same_v<T, typename AdamElementOp<P, G, decltype(mode)::value, AMSGRAD,
                                                            decltype(maximize)::value,
