@@ -79,9 +79,14 @@ TensorGroup& group_for(std::vector<TensorGroup>& groups, const at::Tensor& param
 std::vector<TensorGroup> group_params(const py::list& params, const py::object& grads,
                                       const py::object& state_map,
                                       const py::object& init_state, bool amsgrad) {
-  static const StateKeys keys;
+  // Never destroyed: Python objects must not be released after the interpreter ends.
+  static const StateKeys& keys = *new StateKeys();
   const Py_ssize_t n = PyList_GET_SIZE(params.ptr());
   const bool own_grads = grads.is_none();
+  if (!own_grads && !PyList_Check(grads.ptr())) {
+    throw py::type_error(std::string("grads must be None or a list, got ") +
+                         Py_TYPE(grads.ptr())->tp_name);
+  }
   if (!own_grads && PyList_GET_SIZE(grads.ptr()) != n) {
     throw py::value_error("grads must hold one entry per param: " + std::to_string(n) +
                           " params, " + std::to_string(PyList_GET_SIZE(grads.ptr())) +
@@ -105,7 +110,8 @@ std::vector<TensorGroup> group_params(const py::list& params, const py::object& 
           "Adam does not support sparse gradients, please consider SparseAdam instead");
     }
     // self.state is a defaultdict: indexing creates the param's empty state.
-    py::object state = py::reinterpret_steal<py::object>(PyObject_GetItem(state_map.ptr(), param_obj));
+    const auto state =
+        py::reinterpret_steal<py::object>(PyObject_GetItem(state_map.ptr(), param_obj));
     if (!state) throw py::error_already_set();
     if (!PyDict_Check(state.ptr())) {
       throw py::type_error("optimizer state of params[" + std::to_string(i) +

@@ -138,6 +138,8 @@ def test_misuse_is_refused_with_a_message():
         call_eager(opt, [torch.ones(2), torch.ones(2)])
     with pytest.raises(TypeError, match=r"grads\[0\] must be a Tensor, got int"):
         call_eager(opt, [3])
+    with pytest.raises(TypeError, match="grads must be None or a list, got tuple"):
+        call_eager(opt, (torch.ones(2),))
     opt.state[p] = ["not", "a", "dict"]
     with pytest.raises(TypeError, match=r"state of params\[0\] must be a dict, got list"):
         call_eager(opt, [torch.ones(2)])
