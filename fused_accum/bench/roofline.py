@@ -10,6 +10,7 @@ import functools
 
 import torch
 
+from .tensors import nbytes
 from .timing import time_call
 
 ADAM_STREAMS = 7  # read p, g, m, v; write p, m, v
@@ -44,7 +45,7 @@ def copy_kernel(tensors, repeats, warmup):
     targets = [torch.empty_like(t) for t in tensors]
     samples = time_call(lambda: torch._foreach_copy_(targets, tensors), tensors[0].device,
                         repeats, warmup)
-    return samples, 2 * sum(t.numel() * t.element_size() for t in tensors)
+    return samples, 2 * nbytes(tensors)
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,7 +57,7 @@ def cuda_copy_gbps(device, repeats, warmup):
 
 def adam_bytes(params, streams=ADAM_STREAMS):
     """Bytes an Adam step over params must move: `streams` passes over the params."""
-    return streams * sum(p.numel() * p.element_size() for p in params)
+    return streams * nbytes(params)
 
 
 def roofline_gbps(params, grads, repeats, warmup):

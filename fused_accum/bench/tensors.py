@@ -5,6 +5,11 @@ import math
 import torch
 
 
+def nbytes(tensors):
+    """Bytes the tensors' elements occupy, together."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def set_bytes(shape_set, dtype):
     """Bytes of one tensor per shape (params, or grads, or one moment)."""
     return shape_set.numel * torch.empty((), dtype=dtype).element_size()

@@ -43,11 +43,6 @@ class Samples:
         return statistics.quantiles(self.ms, n=4, method="inclusive")
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_call(fn, device, repeats, warmup, setup=None):
     """Runs `setup(); fn()` warmup + repeats times; times only fn.
 

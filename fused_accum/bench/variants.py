@@ -10,6 +10,8 @@ import torch
 
 import fused_accum
 
+from .tensors import nbytes
+
 OURS = "ours"
 LR = 1e-3
 WEIGHT_DECAY = 1e-2
@@ -30,10 +32,6 @@ ADAM_L2 = Algorithm("Adam+L2", fused_accum.FusedAdam, torch.optim.Adam, decouple
 
 def _no_temporaries(params):
     return 0
-
-
-def _set_bytes(params):
-    return sum(p.numel() * p.element_size() for p in params)
 
 
 def _largest_bytes(params):
@@ -60,7 +58,7 @@ def variants(algorithm, device, peers=False):
                 lambda ps: 2 * _largest_bytes(ps)),
         # Whole-list temporaries: sqrt(v) always, plus g + wd*p for L2 decay.
         Variant("torch foreach", lambda ps: torch_class(ps, foreach=True, **hyper),
-                lambda ps: (1 if algorithm.decoupled else 2) * _set_bytes(ps)),
+                lambda ps: (1 if algorithm.decoupled else 2) * nbytes(ps)),
         Variant("torch fused", lambda ps: torch_class(ps, fused=True, **hyper)),
     ]
     if peers:

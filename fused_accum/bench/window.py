@@ -9,6 +9,8 @@ also zeroes the grads).
 
 import torch
 
+import fused_accum
+
 from .memory import peak_extra_bytes
 from .results import Row
 from .roofline import adam_bytes
@@ -59,22 +61,12 @@ def torch_window(params, settings):
     return row
 
 
-def grad_accumulator_class():
-    """fused_accum.GradAccumulator, or None while it is not part of the package."""
-    import fused_accum
-    return getattr(fused_accum, "GradAccumulator", None)
-
-
 def ours_window(params, settings):
-    """Row of GradAccumulator's window end, or a note saying why it was not timed."""
-    accumulator_class = grad_accumulator_class()
-    if accumulator_class is None:
-        return "ours skipped: fused_accum.GradAccumulator is not available in this build"
-    import fused_accum
+    """Row of GradAccumulator's window end."""
     model = ParamModel(params)
     optimizer = fused_accum.FusedAdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
-    accumulator = accumulator_class(optimizer, steps=MICRO_BATCHES,
-                                    max_grad_norm=MAX_GRAD_NORM)
+    accumulator = fused_accum.GradAccumulator(optimizer, steps=MICRO_BATCHES,
+                                              max_grad_norm=MAX_GRAD_NORM)
 
     def micro_batches_but_last_step():
         for i in range(MICRO_BATCHES):
