@@ -63,6 +63,7 @@ class GradAccumulator:
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.grad_norm = None
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        self._group_sizes = [len(g["params"]) for g in optimizer.param_groups]
         self._index = {p: i for i, p in enumerate(self._params)}
         self._flats, self._buffers = _allocate_buffers(self._params)
         self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad)
@@ -144,8 +145,9 @@ class GradAccumulator:
             if self._window_synced:
                 already_averaged_over = world
             else:
-                for t in list(self._flats.values()) + [g for p, g in grads.items()
-                                                       if p.dtype not in _LOW_PRECISION]:
+                for t in list(self._flats.values()) + [
+                        g for p, g in zip(self._params, grads)
+                        if g is not None and p not in self._buffers]:
                     dist.all_reduce(t, group=group)
         # Window normalisation relative to the summed gradient of all processes.
         if self._mode == _WEIGHTED:
@@ -156,9 +158,11 @@ class GradAccumulator:
         multiplier = self._multiplier(grads, scale)
         # The one host sync per window: step() must report whether the window counted.
         finite = bool(torch.isfinite(self.grad_norm))
-        for group in self.optimizer.param_groups:
-            self.optimizer._step_group(group, grads=[grads.get(p) for p in group["params"]],
+        start = 0
+        for group, size in zip(self.optimizer.param_groups, self._group_sizes):
+            self.optimizer._step_group(group, grads=grads[start:start + size],
                                        window=True, grad_factor=multiplier)
+            start += size
         self._reset_window()
         return finite
 
@@ -166,8 +170,9 @@ class GradAccumulator:
         """scale * clip_coef as a 0-d float32 tensor (non-finite when the norm is,
         which makes the kernel discard the window). Sets self.grad_norm."""
         by_device = {}
-        for g in grads.values():
-            by_device.setdefault(g.device, []).append(g)
+        for g in grads:
+            if g is not None:
+                by_device.setdefault(g.device, []).append(g)
         devices = list(by_device) or [self._params[0].device]
         sumsq = torch.zeros((), dtype=torch.float32, device=devices[0])
         for device, tensors in by_device.items():
@@ -190,15 +195,13 @@ class GradAccumulator:
         return t.item()
 
     def _window_grads(self):
-        """param -> the tensor holding its window sum, for the params the window steps:
-        those that received a gradient (torch skips a param whose grad is None). Under
-        DDP every param with a gradient is stepped, as DDP makes grads agree across ranks."""
-        grads = {}
-        for i, p in enumerate(self._params):
-            g = self._buffers.get(p, p.grad)
-            if g is not None and (i in self._touched or self._ddp is not None):
-                grads[p] = g
-        return grads
+        """Aligned with the optimizer's params, group after group: the tensor holding
+        each param's window sum, or None for a param the window does not step (one that
+        received no gradient: torch skips a param whose grad is None). Under DDP every
+        param with a gradient is stepped, as DDP makes grads agree across ranks."""
+        stepped_all = self._ddp is not None
+        return [self._buffers.get(p, p.grad) if stepped_all or i in self._touched else None
+                for i, p in enumerate(self._params)]
 
     def _reset_window(self):
         self.micro_step = 0

@@ -53,9 +53,7 @@ def hyperparams(group):
 def lr_for(group, device):
     """group["lr"] as the operators take it: a float, or a tensor on `device`."""
     lr = group["lr"]
-    if isinstance(lr, torch.Tensor):
-        return lr if lr.device == device else lr.to(device)
-    return float(lr)
+    return _to(lr, device) if isinstance(lr, torch.Tensor) else float(lr)
 
 
 class _FusedAdamStep:
