@@ -56,6 +56,10 @@ void check_adam_call(const AdamCall& call, const char* op) {
     TORCH_CHECK(grad_dtype == dtype || (float_grads_allowed && grad_dtype == at::kFloat),
                 op, ": grads[", i, "] must have the params' dtype ", dtype,
                 float_grads_allowed ? " or float32" : "", ", got ", grad_dtype);
+    // Within a list one dtype: the kernel is instantiated once per call.
+    TORCH_CHECK(grad_dtype == l.grads[0].scalar_type(), op,
+                ": all grads must share one dtype, grads[0] is ", l.grads[0].scalar_type(),
+                " and grads[", i, "] is ", grad_dtype);
     check_member(l.grads[i], i, op, "grads", device, grad_dtype);
     check_member(l.exp_avgs[i], i, op, "exp_avgs", device, dtype);
     check_member(l.exp_avg_sqs[i], i, op, "exp_avg_sqs", device, dtype);
@@ -69,13 +73,6 @@ void check_adam_call(const AdamCall& call, const char* op) {
                 step.scalar_type(), " with ", step.numel(), " elements");
     TORCH_CHECK(step.device() == device, op, ": state_steps[", i, "] must be on ",
                 device, " like the params, got ", step.device());
-  }
-  // Within a list one dtype: the kernel is instantiated once per call.
-  for (size_t i = 1; i < n; ++i) {
-    TORCH_CHECK(l.grads[i].scalar_type() == l.grads[0].scalar_type(), op,
-                ": all grads must share one dtype, grads[0] is ",
-                l.grads[0].scalar_type(), " and grads[", i, "] is ",
-                l.grads[i].scalar_type());
   }
   check_scalar_tensor(call.lr_tensor, op, "lr", device);
   check_scalar_tensor(call.grad_factor, op,

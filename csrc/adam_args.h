@@ -39,11 +39,6 @@ struct AdamCall {
   std::optional<at::Tensor> found_inf;
 };
 
-// The value of an optional one-element tensor argument, read on the host.
-inline double host_value_or(const std::optional<at::Tensor>& t, double fallback) {
-  return t.has_value() ? t->item<double>() : fallback;
-}
-
 // Checks lengths, devices, dtypes and shapes, naming the offending argument.
 // `op` is the operator name used in messages.
 void check_adam_call(const AdamCall& call, const char* op);

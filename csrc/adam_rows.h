@@ -12,6 +12,9 @@
 
 namespace fused_accum {
 
+// The lists of a row, in the order adam_dense_rows stages them.
+enum AdamRow { kParams = 0, kGrads, kExpAvgs, kExpAvgSqs, kMaxExpAvgSqs };
+
 // Row i: params[i], grads[i], exp_avgs[i], exp_avg_sqs[i] (and max_exp_avg_sqs[i]
 // with amsgrad), dense or staged. Grads are written only when the step rewrites them.
 inline DenseRows adam_dense_rows(const AdamCall& call) {

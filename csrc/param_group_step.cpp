@@ -39,10 +39,13 @@ struct TensorGroup {
   std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps;
 };
 
+constexpr Py_ssize_t kNotInAList = -1;
+
+// The message names `what`, or what[i] for a list member; built only on failure.
 const at::Tensor& unpack_tensor(PyObject* obj, const char* what, Py_ssize_t i) {
   if (!THPVariable_Check(obj)) {
-    throw py::type_error(std::string(what) + "[" + std::to_string(i) +
-                         "] must be a Tensor, got " + Py_TYPE(obj)->tp_name);
+    const std::string index = i == kNotInAList ? "" : "[" + std::to_string(i) + "]";
+    throw py::type_error(what + index + " must be a Tensor, got " + Py_TYPE(obj)->tp_name);
   }
   return THPVariable_Unpack(obj);
 }
@@ -162,7 +165,7 @@ LearningRate learning_rate(const py::object& lr) {
 
 OptionalTensor optional_tensor(const py::object& obj, const char* name) {
   if (obj.is_none()) return std::nullopt;
-  return unpack_tensor(obj.ptr(), name, 0);
+  return unpack_tensor(obj.ptr(), name, kNotInAList);
 }
 
 OptionalTensor on_device(const OptionalTensor& t, const at::Device& device) {

@@ -148,6 +148,11 @@ def test_misuse_is_refused_with_a_message():
         call_eager(opt, [torch.ones(2)])
     with pytest.raises(RuntimeError, match="must run under torch.no_grad"):
         call_eager(opt, None, grad_enabled=True)
+    with torch.no_grad(), pytest.raises(TypeError, match="^grad_factor must be a Tensor"):
+        step_param_group(opt.param_groups[0]["params"], None, opt.state, opt._init_state,
+                         window=False, lr=0.1, beta1=0.9, beta2=0.999, weight_decay=0.0,
+                         eps=1e-8, amsgrad=False, maximize=False,
+                         decoupled_weight_decay=True, grad_factor=2.0, found_inf=None)
 
 
 def test_operator_errors_arrive_as_runtime_errors():

@@ -19,8 +19,6 @@ namespace fused_accum {
 namespace cpu {
 namespace {
 
-enum Arg { kParams = 0, kGrads, kExpAvgs, kExpAvgSqs, kMaxExpAvgSqs };
-
 template <typename P, typename G>
 struct RowPointers {
   P* param;

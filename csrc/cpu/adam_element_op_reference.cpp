@@ -35,12 +35,12 @@ void update_through_element_op(const DenseRows& rows, const AdamCall& call,
     for (size_t i = 0; i < rows.rows(); ++i) {
       const Op op{make_adam_scalars<T>(lr, h.beta1, h.beta2, h.weight_decay, h.eps, steps[i]),
                   grad_factor_as<T>(grad_factor)};
-      P* param = rows.at(0, i).data_ptr<P>();
-      G* grad = rows.at(1, i).data_ptr<G>();
-      P* exp_avg = rows.at(2, i).data_ptr<P>();
-      P* exp_avg_sq = rows.at(3, i).data_ptr<P>();
-      P* max_exp_avg_sq = AMSGRAD ? rows.at(4, i).data_ptr<P>() : nullptr;
-      for (int64_t e = 0; e < rows.at(0, i).numel(); ++e) {
+      P* param = rows.at(kParams, i).data_ptr<P>();
+      G* grad = rows.at(kGrads, i).data_ptr<G>();
+      P* exp_avg = rows.at(kExpAvgs, i).data_ptr<P>();
+      P* exp_avg_sq = rows.at(kExpAvgSqs, i).data_ptr<P>();
+      P* max_exp_avg_sq = AMSGRAD ? rows.at(kMaxExpAvgSqs, i).data_ptr<P>() : nullptr;
+      for (int64_t e = 0; e < rows.at(kParams, i).numel(); ++e) {
         if constexpr (AMSGRAD) {
           op(param[e], grad[e], exp_avg[e], exp_avg_sq[e], max_exp_avg_sq[e]);
         } else {

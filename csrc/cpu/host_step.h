@@ -13,6 +13,11 @@
 namespace fused_accum {
 namespace cpu {
 
+// The value of an optional one-element tensor argument, read on the host.
+inline double host_value_or(const std::optional<at::Tensor>& t, double fallback) {
+  return t.has_value() ? t->item<double>() : fallback;
+}
+
 struct HostStep {
   std::vector<double> steps;  // each param's step count, after this step
   double lr;

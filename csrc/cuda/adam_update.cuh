@@ -18,8 +18,6 @@
 namespace fused_accum {
 namespace cuda {
 
-enum Row { kParams = 0, kGrads, kExpAvgs, kExpAvgSqs, kMaxExpAvgSqs };
-
 // Scalars of one call. The pointers are float64 device copies of the optional
 // tensor arguments (null when absent), dereferenced by the kernels.
 struct AdamDeviceArgs {
