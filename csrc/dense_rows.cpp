@@ -1,5 +1,7 @@
 #include "dense_rows.h"
 
+#include "tensor_list_checks.h"
+
 namespace fused_accum {
 
 namespace {
@@ -9,7 +11,7 @@ bool shares_dense_layout(const std::vector<at::TensorList>& lists, size_t i) {
   if (!lead.is_non_overlapping_and_dense()) return false;
   for (size_t k = 1; k < lists.size(); ++k) {
     const at::Tensor& t = lists[k][i];
-    if (!t.is_non_overlapping_and_dense() || t.strides() != lead.strides()) return false;
+    if (!t.is_non_overlapping_and_dense() || !same_extents(t.strides(), lead.strides())) return false;
   }
   return true;
 }

@@ -5,7 +5,9 @@
 // operator costs as much again; with thousands of small params that is most of
 // a step. Here the lists are built from the Python objects directly and the
 // operators are called through the dispatcher with C++ lists, so a param costs
-// a few dictionary lookups. Nothing is cached: every step reads the group, the
+// a few dictionary lookups. The lists borrow their tensors
+// (borrowed_tensor_list.h) and the state is found without a Python call
+// (param_state_lookup.cpp). Nothing is cached: every step reads the group, the
 // grads and the optimizer state afresh, so a replaced state tensor, a loaded
 // checkpoint or a changed param set can never be stepped stale.
 //
@@ -14,12 +16,16 @@
 // results bit for bit.
 #include "param_group_step.h"
 
+#include "borrowed_tensor_list.h"
+#include "param_state_lookup.h"
+
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 
+#include <deque>
 #include <optional>
 #include <string>
 #include <vector>
@@ -36,12 +42,28 @@ using OptionalTensor = std::optional<at::Tensor>;
 struct TensorGroup {
   at::Device device;
   at::ScalarType dtype;
-  std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps;
+  BorrowedTensorList params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps;
+};
+
+// What keeps borrowed tensors alive: Python references (cheap, under the GIL)
+// for tensors that have a Python object, owned tensors for those made in C++
+// (views) or reached through C++ (a param's grad, which another thread could
+// unset while the GIL is released). Destroy it with the GIL held.
+struct KeepAlive {
+  std::vector<pybind11::object> objects;
+  std::deque<at::Tensor> tensors;  // a deque: adding one moves none of the others
+};
+
+// Every group of one call, and what keeps their tensors alive.
+struct GroupedParams {
+  std::vector<TensorGroup> groups;
+  KeepAlive keep_alive;
 };
 
 constexpr Py_ssize_t kNotInAList = -1;
 
 // The message names `what`, or what[i] for a list member; built only on failure.
+// The tensor lives as long as obj does.
 const at::Tensor& unpack_tensor(PyObject* obj, const char* what, Py_ssize_t i) {
   if (!THPVariable_Check(obj)) {
     const std::string index = i == kNotInAList ? "" : "[" + std::to_string(i) + "]";
@@ -51,7 +73,9 @@ const at::Tensor& unpack_tensor(PyObject* obj, const char* what, Py_ssize_t i) {
 }
 
 // state[key] as a tensor; the state of a param is a dict, as torch.optim keeps it.
-const at::Tensor& state_tensor(PyObject* state, PyObject* key, Py_ssize_t i) {
+// The value is held in `keep_alive`: the dict could change while the GIL is released.
+const at::Tensor& state_tensor(PyObject* state, PyObject* key, Py_ssize_t i,
+                               KeepAlive& keep_alive) {
   PyObject* value = PyDict_GetItemWithError(state, key);  // borrowed
   if (value == nullptr) {
     if (PyErr_Occurred()) throw py::error_already_set();
@@ -63,6 +87,7 @@ const at::Tensor& state_tensor(PyObject* state, PyObject* key, Py_ssize_t i) {
                          py::str(key).cast<std::string>() + "'] must be a Tensor, got " +
                          Py_TYPE(value)->tp_name);
   }
+  keep_alive.objects.push_back(py::reinterpret_borrow<py::object>(value));
   return THPVariable_Unpack(value);
 }
 
@@ -79,9 +104,15 @@ TensorGroup& group_for(std::vector<TensorGroup>& groups, const at::Tensor& param
   return groups.back();
 }
 
-std::vector<TensorGroup> group_params(const py::list& params, const py::object& grads,
-                                      const py::object& state_map,
-                                      const py::object& init_state, bool amsgrad) {
+// A tensor made or reached in C++ (a grad, a view) is owned by `keep_alive`.
+const at::Tensor& owned(at::Tensor t, KeepAlive& keep_alive) {
+  keep_alive.tensors.push_back(std::move(t));
+  return keep_alive.tensors.back();
+}
+
+GroupedParams group_params(const py::list& params, const py::object& grads,
+                           const py::object& state_map, const py::object& init_state,
+                           bool amsgrad) {
   // Never destroyed: Python objects must not be released after the interpreter ends.
   static const StateKeys& keys = *new StateKeys();
   const Py_ssize_t n = PyList_GET_SIZE(params.ptr());
@@ -96,25 +127,30 @@ std::vector<TensorGroup> group_params(const py::list& params, const py::object& 
                           " grads");
   }
   const Py_ssize_t full_state = amsgrad ? 4 : 3;
-  std::vector<TensorGroup> groups;
+  GroupedParams out;
+  KeepAlive& keep_alive = out.keep_alive;
   for (Py_ssize_t i = 0; i < n; ++i) {
     PyObject* param_obj = PyList_GET_ITEM(params.ptr(), i);
-    at::Tensor param = unpack_tensor(param_obj, "params", i);
-    at::Tensor grad;
+    const at::Tensor* param = &unpack_tensor(param_obj, "params", i);
+    const at::Tensor* grad = nullptr;
     if (own_grads) {
-      grad = param.grad();
+      if (param->grad().defined()) grad = &owned(param->grad(), keep_alive);
     } else {
       PyObject* grad_obj = PyList_GET_ITEM(grads.ptr(), i);
-      if (grad_obj != Py_None) grad = unpack_tensor(grad_obj, "grads", i);
+      if (grad_obj != Py_None) {
+        grad = &unpack_tensor(grad_obj, "grads", i);
+        keep_alive.objects.push_back(py::reinterpret_borrow<py::object>(grad_obj));
+      }
     }
-    if (!grad.defined()) continue;  // torch skips a param without a grad
-    if (grad.is_sparse()) {
+    if (grad == nullptr) continue;  // torch skips a param without a grad
+    if (grad->is_sparse()) {
       throw std::runtime_error(
           "Adam does not support sparse gradients, please consider SparseAdam instead");
     }
     // self.state is a defaultdict: indexing creates the param's empty state.
+    keep_alive.objects.push_back(py::reinterpret_borrow<py::object>(param_obj));
     const auto state =
-        py::reinterpret_steal<py::object>(PyObject_GetItem(state_map.ptr(), param_obj));
+        py::reinterpret_steal<py::object>(param_state(state_map.ptr(), param_obj));
     if (!state) throw py::error_already_set();
     if (!PyDict_Check(state.ptr())) {
       throw py::type_error("optimizer state of params[" + std::to_string(i) +
@@ -123,28 +159,30 @@ std::vector<TensorGroup> group_params(const py::list& params, const py::object& 
     if (PyDict_GET_SIZE(state.ptr()) < full_state) {
       init_state(py::handle(param_obj), state, amsgrad);
     }
-    at::Tensor exp_avg = state_tensor(state.ptr(), keys.exp_avg.ptr(), i);
-    at::Tensor exp_avg_sq = state_tensor(state.ptr(), keys.exp_avg_sq.ptr(), i);
-    at::Tensor max_exp_avg_sq;
-    if (amsgrad) max_exp_avg_sq = state_tensor(state.ptr(), keys.max_exp_avg_sq.ptr(), i);
-    const at::Tensor& step = state_tensor(state.ptr(), keys.step.ptr(), i);
-    if (param.is_complex()) {
+    const at::Tensor* exp_avg = &state_tensor(state.ptr(), keys.exp_avg.ptr(), i, keep_alive);
+    const at::Tensor* exp_avg_sq =
+        &state_tensor(state.ptr(), keys.exp_avg_sq.ptr(), i, keep_alive);
+    const at::Tensor* max_exp_avg_sq =
+        amsgrad ? &state_tensor(state.ptr(), keys.max_exp_avg_sq.ptr(), i, keep_alive)
+                : nullptr;
+    const at::Tensor& step = state_tensor(state.ptr(), keys.step.ptr(), i, keep_alive);
+    if (param->is_complex()) {
       // torch steps complex params as pairs of reals; so do the kernels.
-      param = at::view_as_real(param);
-      grad = at::view_as_real(grad);
-      exp_avg = at::view_as_real(exp_avg);
-      exp_avg_sq = at::view_as_real(exp_avg_sq);
-      if (amsgrad) max_exp_avg_sq = at::view_as_real(max_exp_avg_sq);
+      param = &owned(at::view_as_real(*param), keep_alive);
+      grad = &owned(at::view_as_real(*grad), keep_alive);
+      exp_avg = &owned(at::view_as_real(*exp_avg), keep_alive);
+      exp_avg_sq = &owned(at::view_as_real(*exp_avg_sq), keep_alive);
+      if (amsgrad) max_exp_avg_sq = &owned(at::view_as_real(*max_exp_avg_sq), keep_alive);
     }
-    TensorGroup& group = group_for(groups, param);
-    group.params.push_back(std::move(param));
-    group.grads.push_back(std::move(grad));
-    group.exp_avgs.push_back(std::move(exp_avg));
-    group.exp_avg_sqs.push_back(std::move(exp_avg_sq));
-    if (amsgrad) group.max_exp_avg_sqs.push_back(std::move(max_exp_avg_sq));
+    TensorGroup& group = group_for(out.groups, *param);
+    group.params.push_back(*param);
+    group.grads.push_back(*grad);
+    group.exp_avgs.push_back(*exp_avg);
+    group.exp_avg_sqs.push_back(*exp_avg_sq);
+    if (amsgrad) group.max_exp_avg_sqs.push_back(*max_exp_avg_sq);
     group.steps.push_back(step);
   }
-  return groups;
+  return out;
 }
 
 // A float or a tensor (moved to the group's device), as the operators take it.
@@ -249,13 +287,14 @@ void step_param_group(const py::list& params, const py::object& grads,
   if (at::GradMode::is_enabled()) {
     throw std::runtime_error("step_param_group must run under torch.no_grad()");
   }
-  const std::vector<TensorGroup> groups = group_params(params, grads, state, init_state, amsgrad);
+  // Destroyed after the GIL is taken back: it holds Python references.
+  const GroupedParams grouped = group_params(params, grads, state, init_state, amsgrad);
   py::gil_scoped_release no_gil;
   // Under no_grad the autograd and ADInplaceOrView kernels of these operators
   // are boxed fallbacks that only pass the call on, at a cost per tensor; like
   // torch's fused step, this one bumps no version counters.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  for (const TensorGroup& g : groups) call_operator(g, rate, hyper, window, factor, inf);
+  for (const TensorGroup& g : grouped.groups) call_operator(g, rate, hyper, window, factor, inf);
   END_HANDLE_TH_ERRORS_PYBIND
 }
 

@@ -7,6 +7,9 @@ would be a grouping bug: a param stepped with another's state, a skipped param
 stepped, a complex param not viewed as real.
 """
 
+import sys
+import weakref
+
 import pytest
 import torch
 
@@ -120,6 +123,52 @@ def test_a_param_added_between_steps_is_stepped():
     opt.step()
     assert opt.state[q]["step"].item() == 1
     assert opt.state[p]["step"].item() == 2
+
+
+class SaltedHashParameter(torch.nn.Parameter):
+    """A param type with its own hash: its state must be found the ordinary way."""
+
+    def __hash__(self):
+        return hash(("salted", id(self)))
+
+
+@pytest.mark.parametrize("opt_class", [FusedAdamW, FusedAdam])
+def test_a_param_type_with_its_own_hash_finds_its_state(opt_class):
+    def params():
+        gen = torch.Generator().manual_seed(3)
+        return [cls(torch.randn(5, generator=gen)) for cls in
+                (torch.nn.Parameter, SaltedHashParameter, torch.nn.Parameter)]
+
+    params_a, params_b = params(), params()
+    opt_a = opt_class(params_a, lr=1e-2, weight_decay=0.1)
+    opt_b = opt_class(params_b, lr=1e-2, weight_decay=0.1)
+    for step in range(4):
+        give_grads(params_a, step, none_every=4)
+        give_grads(params_b, step, none_every=4)
+        step_by(opt_a, EAGER)
+        step_by(opt_b, TRACED)
+    assert_same(opt_a, params_a, opt_b, params_b)
+    assert len(opt_a.state) == 3
+
+
+def test_a_step_keeps_no_reference_once_it_returns():
+    # The eager step borrows tensors and holds Python references while it runs;
+    # all of them must be given back, and no C++ reference may outlive it.
+    params = [torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2)),
+              torch.nn.Parameter(torch.complex(torch.randn(2), torch.randn(2)))]
+    opt = FusedAdamW(params, lr=1e-2, amsgrad=True)
+    give_grads(params, 1, none_every=10)
+    opt.step()
+    watched = params + [p.grad for p in params] + [
+        t for p in params for t in opt.state[p].values()]
+    before = [sys.getrefcount(o) for o in watched]
+    opt.step()
+    assert [sys.getrefcount(o) for o in watched] == before
+    grads = [weakref.ref(p.grad) for p in params]
+    del watched
+    for p in params:
+        p.grad = None
+    assert all(ref() is None for ref in grads)
 
 
 def call_eager(opt, grads, grad_enabled=False):
