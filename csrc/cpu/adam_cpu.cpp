@@ -58,7 +58,11 @@ constexpr int64_t kConvertBlock = 256;
 
 template <typename From, typename To>
 void convert(const From* __restrict__ from, To* __restrict__ to, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) to[i] = static_cast<To>(static_cast<float>(from[i]));
+  if constexpr (std::is_same_v<From, float> && std::is_same_v<To, Bf16Bits>) {
+    round_to_bf16(from, to, n);
+  } else {
+    for (int64_t i = 0; i < n; ++i) to[i] = static_cast<To>(static_cast<float>(from[i]));
+  }
 }
 
 template <bool AMSGRAD, bool WRITES_GRAD, typename FloatOp, typename P, typename G>
