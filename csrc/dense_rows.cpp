@@ -11,7 +11,9 @@ bool shares_dense_layout(const std::vector<at::TensorList>& lists, size_t i) {
   if (!lead.is_non_overlapping_and_dense()) return false;
   for (size_t k = 1; k < lists.size(); ++k) {
     const at::Tensor& t = lists[k][i];
-    if (!t.is_non_overlapping_and_dense() || !same_extents(t.strides(), lead.strides())) return false;
+    if (!t.is_non_overlapping_and_dense() || !same_extents(t.strides(), lead.strides())) {
+      return false;
+    }
   }
   return true;
 }

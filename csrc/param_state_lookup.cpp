@@ -3,8 +3,9 @@
 // params are small. For a param whose type inherits that method, the hash is
 // known from the object's address, so the state dict is probed with it
 // directly and finds the entry Python would. Anything else (a subclass with
-// its own __hash__, a state map that is not a dict, an entry the defaultdict
-// must create, an interpreter without the probe) takes the ordinary lookup.
+// its own __hash__, a state map that is not a dict or that overrides
+// __getitem__, an entry the defaultdict must create, an interpreter without
+// the probe) takes the ordinary lookup.
 #include "param_state_lookup.h"
 
 #include <pybind11/pybind11.h>
@@ -56,11 +57,19 @@ bool hashes_by_identity(PyObject* obj) {
   return tensor_hash_is_id;
 }
 
+// Whether state_map[key] is the dict's own lookup: true for dict and
+// defaultdict (which adds only __missing__), false for a __getitem__ override.
+bool subscripts_as_dict(PyObject* state_map) {
+  return PyDict_Check(state_map) &&
+         Py_TYPE(state_map)->tp_as_mapping->mp_subscript ==
+             PyDict_Type.tp_as_mapping->mp_subscript;
+}
+
 }  // namespace
 
 PyObject* param_state(PyObject* state_map, PyObject* param) {
 #if PY_VERSION_HEX < 0x030D0000
-  if (PyDict_Check(state_map) && hashes_by_identity(param)) {
+  if (subscripts_as_dict(state_map) && hashes_by_identity(param)) {
     PyObject* state = _PyDict_GetItem_KnownHash(state_map, param, identity_hash(param));
     if (state != nullptr) {
       Py_INCREF(state);

@@ -7,6 +7,7 @@ would be a grouping bug: a param stepped with another's state, a skipped param
 stepped, a complex param not viewed as real.
 """
 
+import collections
 import sys
 import weakref
 
@@ -149,6 +150,33 @@ def test_a_param_type_with_its_own_hash_finds_its_state(opt_class):
         step_by(opt_b, TRACED)
     assert_same(opt_a, params_a, opt_b, params_b)
     assert len(opt_a.state) == 3
+
+
+class CountingState(collections.defaultdict):
+    """An optimizer state map with its own lookup, which a step must go through."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.lookups = 0
+
+    def __getitem__(self, key):
+        self.lookups += 1
+        return super().__getitem__(key)
+
+
+def test_a_state_map_with_its_own_lookup_is_asked():
+    params_a, opt_a = build(FusedAdamW, 4)
+    params_b, opt_b = build(FusedAdamW, 4)
+    opt_a.state = CountingState(dict, opt_a.state)
+    for step in range(3):
+        give_grads(params_a, step, none_every=10)
+        give_grads(params_b, step, none_every=10)
+        lookups_before = opt_a.state.lookups
+        step_by(opt_a, EAGER)
+        step_by(opt_b, TRACED)
+        with_grads = sum(p.grad is not None for p in params_a)
+        assert opt_a.state.lookups - lookups_before >= with_grads > 0
+    assert_same(opt_a, params_a, opt_b, params_b)
 
 
 def test_a_step_keeps_no_reference_once_it_returns():

@@ -43,7 +43,7 @@ static_assert(sizeof(Bf16Bits) == sizeof(c10::BFloat16) &&
 
 // Rounds n floats to bfloat16 exactly as Bf16Bits(float) rounds each one.
 //
-// The rounding is most of the cost of a bfloat16 step: about ten integer
+// The rounding was about half the work of a bfloat16 step: some ten integer
 // instructions per 16 values, on the two ports that also do the Adam math.
 // With AVX512-BF16 one instruction rounds 32 values to nearest even. It
 // differs from torch's rounding in two cases only: it flushes subnormal inputs
