@@ -1,8 +1,11 @@
 """What memory bandwidth allows: the yardstick for "fraction of the roofline".
 
 CPU: the stream_roofline_ operator (csrc/cpu/roofline_cpu.cpp) moves the same 7
-streams as an Adam step (read p, g, m, v; write p, m, v) over the same tensors, in
-one parallel region, with one add per element: a step cannot be faster.
+streams as an Adam step (read p, g, m, v; write p, m, v) in one parallel region, with
+one add per element: a step cannot be faster. The tables' roofline runs it over one
+contiguous buffer per stream holding as many elements as the tensor set, so it is
+what the bytes cost with no per-tensor work at all; a step over thousands of small
+tensors shows, against it, how much its per-tensor costs add.
 CUDA: device-to-device copy bandwidth of a large buffer, measured once per run.
 """
 
@@ -15,6 +18,9 @@ from .timing import time_call
 
 ADAM_STREAMS = 7  # read p, g, m, v; write p, m, v
 _CUDA_COPY_BYTES = 1 << 30
+# Past a few hundred MB the bandwidth no longer depends on the size, so larger sets
+# are measured on this many elements (2 GB of buffers in float32; GPT-2-small fits).
+_FLAT_ELEMENTS_CAP = 1 << 27
 
 
 def _stream_op():
@@ -24,20 +30,6 @@ def _stream_op():
         raise RuntimeError(
             "torch.ops.fused_accum_bench.stream_roofline_ is missing: the installed extension "
             "predates it; rebuild with `pip install --no-build-isolation -e .`") from e
-
-
-def stream_kernel(params, grads, repeats, warmup):
-    """Times the 7-stream kernel over params/grads; returns (Samples, bytes per call).
-
-    Allocates its own m and v (the size an optimizer's state will take, freed before
-    the optimizers run) and adds to params, which only shifts their values.
-    """
-    op = _stream_op()
-    exp_avgs = [torch.zeros_like(p) for p in params]
-    exp_avg_sqs = [torch.zeros_like(p) for p in params]
-    samples = time_call(lambda: op(params, grads, exp_avgs, exp_avg_sqs), params[0].device,
-                        repeats, warmup)
-    return samples, adam_bytes(params)
 
 
 def copy_kernel(tensors, repeats, warmup):
@@ -60,10 +52,20 @@ def adam_bytes(params, streams=ADAM_STREAMS):
     return streams * nbytes(params)
 
 
-def roofline_gbps(params, grads, repeats, warmup):
-    """The attainable bandwidth for a step over these tensors on their device, GB/s."""
+def flat_stream_kernel(params, repeats, warmup):
+    """Times the 7-stream kernel over one buffer per stream of the set's size and
+    dtype (capped at _FLAT_ELEMENTS_CAP); returns (Samples, bytes per call)."""
+    numel = min(sum(p.numel() for p in params), _FLAT_ELEMENTS_CAP)
+    p, g, m, v = ([torch.zeros(numel, dtype=params[0].dtype, device=params[0].device)]
+                  for _ in range(4))
+    samples = time_call(lambda: _stream_op()(p, g, m, v), params[0].device, repeats, warmup)
+    return samples, adam_bytes(p)
+
+
+def roofline_gbps(params, repeats, warmup):
+    """The attainable bandwidth for a step over this many elements on their device, GB/s."""
     device = params[0].device
     if device.type == "cuda":
         return cuda_copy_gbps(device, repeats, warmup)
-    samples, moved = stream_kernel(params, grads, repeats, warmup)
+    samples, moved = flat_stream_kernel(params, repeats, warmup)
     return moved / samples.median / 1e6

@@ -14,7 +14,7 @@ from . import shapes
 from .memory import fits, peak_extra_bytes
 from .progress import Progress
 from .results import Row, Table
-from .roofline import ADAM_STREAMS, adam_bytes, copy_kernel, roofline_gbps, stream_kernel
+from .roofline import ADAM_STREAMS, adam_bytes, copy_kernel, flat_stream_kernel, roofline_gbps
 from .tensors import make_params, nbytes, set_bytes
 from .timing import time_call
 from .variants import ADAM_L2, ADAMW, OURS, peers_skipped_reason, variants
@@ -64,8 +64,7 @@ def _allocate(shape_set, dtype, settings, notes):
 def _measure_roofline(params, settings):
     settings.say("  roofline")
     with torch.no_grad():
-        return roofline_gbps(params, [p.grad for p in params], settings.repeats,
-                             settings.warmup)
+        return roofline_gbps(params, settings.repeats, settings.warmup)
 
 
 def _time_variant(table, variant, params, settings):
@@ -172,15 +171,15 @@ def roofline(settings):
     settings.say("roofline: stream kernels")
     with torch.no_grad():
         if settings.device.type == "cpu":
-            samples, moved = stream_kernel(params, grads, settings.repeats, settings.warmup)
+            samples, moved = flat_stream_kernel(params, settings.repeats, settings.warmup)
             table.rows.append(Row(f"stream_roofline_ ({ADAM_STREAMS} streams)", samples, moved))
             table.roofline_gbps = table.rows[-1].gbps
         samples, moved = copy_kernel(grads, settings.repeats, settings.warmup)
         table.rows.append(Row("copy (2 streams)", samples, moved))
         if table.roofline_gbps is None:
-            table.roofline_gbps = roofline_gbps(params, grads, settings.repeats, settings.warmup)
-    table.notes.append("fraction = GB/s over the 7-stream kernel on CPU, over a 1 GiB device "
-                       "copy on CUDA")
+            table.roofline_gbps = roofline_gbps(params, settings.repeats, settings.warmup)
+    table.notes.append("fraction = GB/s over the 7-stream kernel on CPU (one buffer per stream, "
+                       "as many elements as the tensor set), over a 1 GiB device copy on CUDA")
     return [table]
 
 
