@@ -63,7 +63,6 @@ class GradAccumulator:
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.grad_norm = None
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
-        self._group_sizes = [len(g["params"]) for g in optimizer.param_groups]
         self._index = {p: i for i, p in enumerate(self._params)}
         self._flats, self._buffers = _allocate_buffers(self._params)
         self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad)
@@ -159,10 +158,11 @@ class GradAccumulator:
         # The one host sync per window: step() must report whether the window counted.
         finite = bool(torch.isfinite(self.grad_norm))
         start = 0
-        for group, size in zip(self.optimizer.param_groups, self._group_sizes):
-            self.optimizer._step_group(group, grads=grads[start:start + size],
-                                       window=True, grad_factor=multiplier)
-            start += size
+        for group in self.optimizer.param_groups:
+            end = start + len(group["params"])
+            self.optimizer._step_group(group, grads=grads[start:end], window=True,
+                                       grad_factor=multiplier)
+            start = end
         self._reset_window()
         return finite
 
