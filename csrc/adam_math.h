@@ -59,6 +59,16 @@ FA_HOST_DEVICE AdamScalars<T> make_adam_scalars(double lr, double beta1,
   return s;
 }
 
+// The same constants in another math type: the CPU kernel broadcasts them to
+// vector lanes (cpu/float_lanes.h). Lists every field of AdamScalars, in order.
+template <typename To, typename From>
+FA_HOST_DEVICE AdamScalars<To> convert_scalars(const AdamScalars<From>& s) {
+  return {To(s.weight_decay), To(s.decay_factor),   To(s.lerp_weight),
+          s.lerp_from_grad,   To(s.beta2),          To(s.one_minus_beta2),
+          To(s.bias_correction2_sqrt),              To(s.inv_bias_correction2_sqrt),
+          To(s.eps),          To(s.neg_step_size)};
+}
+
 // How sqrt(v) is divided by sqrt(1 - beta2^step), a constant of the step.
 // kExact divides, as torch does: float32 and float64 results then agree with
 // torch bit for bit. kByReciprocal multiplies by the reciprocal instead, which
@@ -71,6 +81,8 @@ FA_HOST_DEVICE float fa_fma(float a, float b, float c) { return fmaf(a, b, c); }
 FA_HOST_DEVICE double fa_fma(double a, double b, double c) { return fma(a, b, c); }
 FA_HOST_DEVICE float fa_sqrt(float a) { return sqrtf(a); }
 FA_HOST_DEVICE double fa_sqrt(double a) { return sqrt(a); }
+FA_HOST_DEVICE float fa_max(float a, float b) { return a > b ? a : b; }  // b when either is NaN
+FA_HOST_DEVICE double fa_max(double a, double b) { return a > b ? a : b; }
 
 // One element of one Adam step. `g` is the gradient after any unscaling;
 // `max_v` is read and written only when AMSGRAD. The operations, and which of
@@ -88,11 +100,12 @@ FA_HOST_DEVICE void adam_update(T& p, T g, T& m, T& v, T& max_v,
   } else {
     p = p * s.decay_factor;
   }
-  m = fa_fma(s.lerp_weight, g - m, s.lerp_from_grad ? g : m);
+  // The base is chosen by value: a vector T then stays in registers.
+  m = fa_fma(s.lerp_weight, g - m, s.lerp_from_grad ? T(g) : T(m));
   v = fa_fma(s.one_minus_beta2 * g, g, v * s.beta2);
   T second_moment = v;
   if (AMSGRAD) {
-    max_v = max_v > v ? max_v : v;
+    max_v = fa_max(max_v, v);
     second_moment = max_v;
   }
   const T root = fa_sqrt(second_moment);

@@ -1,6 +1,8 @@
 // CPU implementation of the Adam step operators: every tensor of a call in one
 // parallel region, each element through AdamElementOp, the functor the CUDA
-// kernel calls too.
+// kernel calls too. Float32 and bfloat16 storage take the AVX-512 loop of
+// adam_piece_in_lanes.h where the build has it; the loops below serve the other
+// storage types and machines.
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
@@ -11,6 +13,8 @@
 #include "../adam_flag_dispatch.h"
 #include "../adam_rows.h"
 #include "adam_cpu.h"
+#include "adam_piece_in_lanes.h"
+#include "adam_row_pointers.h"
 #include "host_step.h"
 #include "segments.h"
 #include "vectorizable_storage.h"
@@ -18,15 +22,6 @@
 namespace fused_accum {
 namespace cpu {
 namespace {
-
-template <typename P, typename G>
-struct RowPointers {
-  P* param;
-  G* grad;
-  P* exp_avg;
-  P* exp_avg_sq;
-  P* max_exp_avg_sq;
-};
 
 // The innermost loop: plain, over restrict pointers, so the compiler vectorises
 // the inlined element update (no `omp simd`: it makes GCC privatise the class-typed
@@ -58,11 +53,7 @@ constexpr int64_t kConvertBlock = 256;
 
 template <typename From, typename To>
 void convert(const From* __restrict__ from, To* __restrict__ to, int64_t n) {
-  if constexpr (std::is_same_v<From, float> && std::is_same_v<To, Bf16Bits>) {
-    round_to_bf16(from, to, n);
-  } else {
-    for (int64_t i = 0; i < n; ++i) to[i] = static_cast<To>(static_cast<float>(from[i]));
-  }
+  for (int64_t i = 0; i < n; ++i) to[i] = static_cast<To>(static_cast<float>(from[i]));
 }
 
 template <bool AMSGRAD, bool WRITES_GRAD, typename FloatOp, typename P, typename G>
@@ -86,6 +77,7 @@ void adam_piece_via_float(const FloatOp& op, const RowPointers<P, G>& row, int64
     if (AMSGRAD) convert(max_exp_avg_sq, row.max_exp_avg_sq + block, n);
   }
 }
+
 
 template <typename P>
 constexpr bool kSteppedInPlace = std::is_same_v<P, float> || std::is_same_v<P, double>;
@@ -114,6 +106,7 @@ void adam_all(const DenseRows& rows, const std::vector<double>& steps, const Ada
     constexpr bool AMSGRAD = decltype(amsgrad)::value;
     constexpr GradMode GRAD_MODE = decltype(grad_mode)::value;
     constexpr bool IN_PLACE = kSteppedInPlace<P>;
+    constexpr bool IN_LANES = kSteppedInLanes<P, G>;
     using OpP = std::conditional_t<IN_PLACE, P, float>;
     using OpG = std::conditional_t<IN_PLACE, G, float>;
     using Op = AdamElementOp<OpP, OpG, decltype(mode)::value, AMSGRAD,
@@ -134,7 +127,10 @@ void adam_all(const DenseRows& rows, const std::vector<double>& steps, const Ada
                         grad_factor_as<T>(grad_factor)};
     }
     segments.parallel_for_each_piece([&](int64_t t, int64_t begin, int64_t end) {
-      if constexpr (IN_PLACE) {
+      if constexpr (IN_LANES) {
+        adam_piece_in_lanes<AMSGRAD, GRAD_MODE != GradMode::kPlain>(ops[t], pointers[t], begin,
+                                                                    end);
+      } else if constexpr (IN_PLACE) {
         adam_piece<AMSGRAD>(ops[t], pointers[t], begin, end);
       } else {
         adam_piece_via_float<AMSGRAD, GRAD_MODE != GradMode::kPlain>(ops[t], pointers[t],

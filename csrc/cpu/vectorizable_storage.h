@@ -9,10 +9,6 @@
 
 #include <c10/util/BFloat16.h>
 
-#if defined(__AVX512BF16__) && defined(__AVX512DQ__)
-#include <immintrin.h>
-#endif
-
 #include <cstdint>
 #include <cstring>
 
@@ -40,35 +36,6 @@ struct Bf16Bits {
 static_assert(sizeof(Bf16Bits) == sizeof(c10::BFloat16) &&
                   alignof(Bf16Bits) == alignof(c10::BFloat16),
               "Bf16Bits must lay out like c10::BFloat16");
-
-// Rounds n floats to bfloat16 exactly as Bf16Bits(float) rounds each one.
-//
-// The rounding was about half the work of a bfloat16 step: some ten integer
-// instructions per 16 values, on the two ports that also do the Adam math.
-// With AVX512-BF16 one instruction rounds 32 values to nearest even. It
-// differs from torch's rounding in two cases only: it flushes subnormal inputs
-// to zero and it keeps NaN payloads (torch makes every NaN 0x7FC0), so a group
-// of 32 holding either takes the integer rounding.
-inline void round_to_bf16(const float* __restrict__ from, Bf16Bits* __restrict__ to,
-                          int64_t n) {
-  int64_t i = 0;
-#if defined(__AVX512BF16__) && defined(__AVX512DQ__)
-  constexpr int kQuietNan = 0x01, kSubnormal = 0x20, kSignalingNan = 0x80;
-  constexpr int kRoundedOtherwise = kQuietNan | kSubnormal | kSignalingNan;
-  for (; i + 32 <= n; i += 32) {
-    const __m512 low = _mm512_loadu_ps(from + i);
-    const __m512 high = _mm512_loadu_ps(from + i + 16);
-    if (_mm512_fpclass_ps_mask(low, kRoundedOtherwise) |
-        _mm512_fpclass_ps_mask(high, kRoundedOtherwise)) {
-      for (int64_t j = i; j < i + 32; ++j) to[j] = Bf16Bits(from[j]);
-      continue;
-    }
-    const __m512bh rounded = _mm512_cvtne2ps_pbh(high, low);
-    _mm512_storeu_si512(static_cast<void*>(to + i), reinterpret_cast<const __m512i&>(rounded));
-  }
-#endif
-  for (; i < n; ++i) to[i] = Bf16Bits(from[i]);
-}
 
 // The type a CPU loop walks for storage of type T (same bits, same layout).
 template <typename T>
