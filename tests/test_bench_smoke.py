@@ -10,7 +10,7 @@ import pytest
 from fused_accum.bench import shapes
 from fused_accum.bench.__main__ import parse_args
 
-DEFAULT_SCENARIOS = {"roofline", "step", "small", "window"}
+DEFAULT_SCENARIOS = {"roofline", "step", "dtypes", "small", "window"}
 
 
 def run_bench(*args):
@@ -36,6 +36,17 @@ def test_quick_run_writes_json_with_default_scenarios(tmp_path):
     assert variants == ["ours", "torch for-loop", "torch foreach", "torch fused"]
     assert step["roofline_gbps"] > 0
     assert all(r["speedup_of_ours"] > 0 for r in step["rows"][1:])
+    dtypes = [t for t in tables if t["scenario"] == "dtypes"]
+    assert [t["title"].split(": one ")[1].split(" step")[0] for t in dtypes] == ["AdamW",
+                                                                              "Adam+L2"]
+    for table in dtypes:
+        assert [r["variant"] for r in table["rows"]] == ["ours float32", "ours bfloat16"]
+        assert table["reference"] == "ours bfloat16"
+        fp32, bf16 = table["rows"]
+        # bfloat16 moves half the bytes; the ratio is the float32 row's time over bf16's
+        assert fp32["bytes_per_call"] == 2 * bf16["bytes_per_call"]
+        assert fp32["speedup_of_ours"] == pytest.approx(fp32["median_ms"] / bf16["median_ms"])
+        assert bf16["speedup_of_ours"] is None
     assert result["meta"]["quick"] is True
 
 

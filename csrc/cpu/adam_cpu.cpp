@@ -78,7 +78,6 @@ void adam_piece_via_float(const FloatOp& op, const RowPointers<P, G>& row, int64
   }
 }
 
-
 template <typename P>
 constexpr bool kSteppedInPlace = std::is_same_v<P, float> || std::is_same_v<P, double>;
 

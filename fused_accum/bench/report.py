@@ -5,6 +5,8 @@ Text and markdown share one list of cells, so they always show the same numbers.
 
 import json
 
+from .variants import OURS
+
 HEADER = ("variant", "median ms", "IQR ms", "GB/s", "of roofline", "ours faster by",
           "peak extra MB")
 
@@ -14,7 +16,7 @@ LEGEND = (
     "GB/s: nominal traffic / median time, 7 streams per param for a step (read p, g, m, v; "
     "write p, m, v) at the param dtype's size (28 bytes/param in float32). "
     "of roofline: GB/s over the roofline's GB/s measured in the same run. "
-    "ours faster by: this row's median / ours. "
+    "ours faster by: this row's median / ours (or / the row its caption names). "
     "peak extra MB: CPU: peak resident-set growth during one steady-state call "
     "(VmHWM after resetting it via /proc/self/clear_refs, minus VmRSS before); "
     "CUDA: max_memory_allocated growth.")
@@ -46,6 +48,8 @@ def _caption(table):
     lines = [table.title]
     if table.roofline_gbps:
         lines.append(f"roofline {table.roofline_gbps:.1f} GB/s, measured in this run")
+    if table.reference != OURS:
+        lines.append(f"ours faster by: how many times faster {table.reference} is")
     return lines
 
 

@@ -36,6 +36,7 @@ class Table:
     device: str
     roofline_gbps: float = None
     rows: list = field(default_factory=list)
+    reference: str = OURS  # the row the "ours faster by" column divides by
     notes: list = field(default_factory=list)
 
     def row(self, variant):
@@ -47,8 +48,9 @@ class Table:
         return row.gbps / self.roofline_gbps
 
     def speedup_of_ours(self, row):
-        """How many times faster ours is than `row` (None for ours, or without ours)."""
-        ours = self.row(OURS)
+        """How many times faster the reference row (ours) is than `row` (None for the
+        reference itself, or without it)."""
+        ours = self.row(self.reference)
         if ours is None or row is ours:
             return None
         return row.median_ms / ours.median_ms
@@ -57,7 +59,7 @@ class Table:
         return dict(
             scenario=self.scenario, title=self.title, shape_set=self.shape_set,
             params=self.params, tensors=self.tensors, dtype=self.dtype, device=self.device,
-            roofline_gbps=self.roofline_gbps, notes=list(self.notes),
+            roofline_gbps=self.roofline_gbps, reference=self.reference, notes=list(self.notes),
             rows=[self._row_dict(r) for r in self.rows])
 
     def _row_dict(self, r):

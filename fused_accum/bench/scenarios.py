@@ -16,7 +16,7 @@ from .progress import Progress
 from .results import Row, Table
 from .roofline import ADAM_STREAMS, adam_bytes, copy_kernel, flat_stream_kernel, roofline_gbps
 from .tensors import make_params, nbytes, set_bytes
-from .timing import time_call
+from .timing import time_alternately, time_call
 from .variants import ADAM_L2, ADAMW, OURS, peers_skipped_reason, variants
 from .window import WINDOW_STREAMS, torch_window, ours_window
 
@@ -139,6 +139,44 @@ def step(settings):
             for table in _step_tables("step", shape_set, dtype, [ADAMW, ADAM_L2], settings)]
 
 
+def dtypes(settings):
+    """Ours over the same shapes with float32 and with bfloat16 storage, timed
+    alternately: what the half-size storage buys, with the machine's load reaching
+    both alike. Always both dtypes, whatever --dtype says."""
+    shape_set = shapes.GPT_TINY if settings.quick else shapes.GPT2_SMALL
+    storage = (torch.float32, torch.bfloat16)
+    names = [f"{OURS} {dtype_name(d)}" for d in storage]
+    tables = []
+    for algorithm in (ADAMW, ADAM_L2):
+        title = (f"ours, float32 against bfloat16 storage, timed alternately: one "
+                 f"{algorithm.name} step, {shape_set.name} shapes ({shape_set.numel:,} params "
+                 f"in {shape_set.tensors} tensors), {settings.device}")
+        tables.append(Table(scenario="dtypes", title=title, shape_set=shape_set.name,
+                            params=shape_set.numel, tensors=shape_set.tensors,
+                            dtype=", ".join(dtype_name(d) for d in storage),
+                            device=str(settings.device), reference=names[-1]))
+    notes = []
+    param_sets = [_allocate(shape_set, d, settings, notes) for d in storage]
+    for table in tables:
+        table.notes = list(notes)
+    if any(params is None for params in param_sets):
+        return tables
+    for algorithm, table in zip((ADAMW, ADAM_L2), tables):
+        settings.say(f"dtypes: {algorithm.name} {shape_set.name}, "
+                     + " and ".join(dtype_name(d) for d in storage))
+        ours = next(v for v in variants(algorithm, settings.device) if v.name == OURS)
+        optimizers = [ours.make(params) for params in param_sets]
+        samples = time_alternately([o.step for o in optimizers], settings.device,
+                                   settings.repeats, settings.warmup)
+        for name, params, optimizer, timed in zip(names, param_sets, optimizers, samples):
+            table.rows.append(Row(name, timed, adam_bytes(params),
+                                  peak_extra_bytes(optimizer.step, settings.device)))
+            settings.say(f"    {name}: median {timed.median:.2f} ms")
+        del optimizers
+        gc.collect()
+    return tables
+
+
 def small(settings):
     """Many small tensors, where per-tensor overhead, not bandwidth, sets the time."""
     sets = ([shapes.uniform(200, 1024), shapes.uniform(2000, 64)] if settings.quick else
@@ -208,6 +246,6 @@ def window(settings):
 
 
 # "headline" is the default set's step table alone; "step" is the full matrix.
-SCENARIOS = {"headline": headline, "step": step, "small": small, "window": window,
-             "roofline": roofline, "scaling": scaling}
-DEFAULT = (roofline, headline, small, window)
+SCENARIOS = {"headline": headline, "step": step, "dtypes": dtypes, "small": small,
+             "window": window, "roofline": roofline, "scaling": scaling}
+DEFAULT = (roofline, headline, dtypes, small, window)

@@ -62,6 +62,21 @@ def time_call(fn, device, repeats, warmup, setup=None):
     return Samples(tuple(ms))
 
 
+def time_alternately(fns, device, repeats, warmup):
+    """Times several calls in turn, one sample of each per round, warmup rounds first;
+    returns one Samples per call. A change in the machine's load during the run then
+    reaches every call alike, so their ratio is steadier than from separate runs."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    ms = [[] for _ in fns]
+    for i in range(warmup + repeats):
+        for samples, fn in zip(ms, fns):
+            elapsed = _time_once(fn, device)
+            if i >= warmup:
+                samples.append(elapsed)
+    return [Samples(tuple(m)) for m in ms]
+
+
 def _time_once(fn, device):
     if device.type == "cuda":
         start = torch.cuda.Event(enable_timing=True)
