@@ -1,7 +1,8 @@
 // The CPU Adam loop for float32 and bfloat16 storage on AVX-512 machines: 16
 // elements at a time through AdamElementOp instantiated on FloatLanes
-// (float_lanes.h), with software prefetch (prefetch.h). Other storage types, and machines
-// without AVX-512 BF16, take the compiler-vectorised loops in adam_cpu.cpp.
+// (float_lanes.h), with software prefetch (prefetch.h). Other storage types,
+// and machines without AVX-512 BF16, take the compiler-vectorised loops in
+// adam_cpu.cpp.
 #pragma once
 
 #include <cstdint>

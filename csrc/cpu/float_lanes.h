@@ -1,11 +1,12 @@
 // Sixteen floats in one AVX-512 register, as a number type that the element
 // update in adam_math.h can be instantiated with.
 //
-// A bfloat16 step is bound by arithmetic, not memory. Converting each block to
-// float scratch in L1, stepping the scratch and converting it back cost about
-// as much again as the update itself: three extra loads and stores per value.
-// With FloatLanes the CPU kernel loads 16 bfloat16 values, widens them in a
-// register, runs AdamElementOp on the register and rounds on the way out. Every
+// A bfloat16 step is bound by arithmetic as much as by memory. Converting each
+// block to float scratch in L1, stepping the scratch and converting it back
+// cost about as much again as the update itself: three extra loads and stores
+// per value. With FloatLanes the CPU kernel loads 16 bfloat16 values, widens
+// them in a register, runs AdamElementOp on the register and rounds on the way
+// out; float32 storage takes the same loop (adam_piece_in_lanes.h). Every
 // operation below is the IEEE float operation the scalar code performs, so the
 // results are bit for bit those of the element functor (tests/test_cuda_element_op.py).
 #pragma once
@@ -34,10 +35,18 @@ struct FloatLanes {
   explicit FloatLanes(float value) : v(_mm512_set1_ps(value)) {}
 };
 
-inline FloatLanes operator+(FloatLanes a, FloatLanes b) { return FloatLanes(_mm512_add_ps(a.v, b.v)); }
-inline FloatLanes operator-(FloatLanes a, FloatLanes b) { return FloatLanes(_mm512_sub_ps(a.v, b.v)); }
-inline FloatLanes operator*(FloatLanes a, FloatLanes b) { return FloatLanes(_mm512_mul_ps(a.v, b.v)); }
-inline FloatLanes operator/(FloatLanes a, FloatLanes b) { return FloatLanes(_mm512_div_ps(a.v, b.v)); }
+inline FloatLanes operator+(FloatLanes a, FloatLanes b) {
+  return FloatLanes(_mm512_add_ps(a.v, b.v));
+}
+inline FloatLanes operator-(FloatLanes a, FloatLanes b) {
+  return FloatLanes(_mm512_sub_ps(a.v, b.v));
+}
+inline FloatLanes operator*(FloatLanes a, FloatLanes b) {
+  return FloatLanes(_mm512_mul_ps(a.v, b.v));
+}
+inline FloatLanes operator/(FloatLanes a, FloatLanes b) {
+  return FloatLanes(_mm512_div_ps(a.v, b.v));
+}
 
 // A sign flip, as scalar negation is (0 - x would turn -0 into +0).
 inline FloatLanes operator-(FloatLanes a) {
@@ -70,7 +79,9 @@ struct LeadingLanes {
   explicit LeadingLanes(int64_t count) : live(static_cast<__mmask16>((1u << count) - 1u)) {}
 };
 
-inline FloatLanes load_lanes(const float* from, AllLanes) { return FloatLanes(_mm512_loadu_ps(from)); }
+inline FloatLanes load_lanes(const float* from, AllLanes) {
+  return FloatLanes(_mm512_loadu_ps(from));
+}
 inline FloatLanes load_lanes(const float* from, LeadingLanes lanes) {
   return FloatLanes(_mm512_maskz_loadu_ps(lanes.live, from));
 }
@@ -103,8 +114,8 @@ inline void store_lanes(FloatLanes x, float* to, LeadingLanes lanes) {
 // vcvtneps2bf16 rounds to nearest even in one instruction, where the integer
 // rounding takes some ten on the ports the update also needs. It differs from
 // torch's rounding (Bf16Bits) in two cases only: it flushes subnormal inputs to
-// zero and keeps NaN payloads (torch makes every NaN 0x7FC0). Lanes holding
-// either are rounded the integer way (tests/test_bf16_rounding.py).
+// zero and keeps NaN payloads (torch makes every NaN 0x7FC0). A group of 16
+// holding either is rounded the integer way (tests/test_bf16_rounding.py).
 template <typename Lanes>
 inline void store_lanes(FloatLanes x, Bf16Bits* to, Lanes lanes) {
   constexpr int kQuietNan = 0x01, kSubnormal = 0x20, kSignalingNan = 0x80;
