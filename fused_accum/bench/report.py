@@ -15,7 +15,8 @@ LEGEND = (
     "median ms: median over the timed runs after warm-up; IQR: their interquartile range. "
     "GB/s: nominal traffic / median time, 7 streams per param for a step (read p, g, m, v; "
     "write p, m, v) at the param dtype's size (28 bytes/param in float32). "
-    "of roofline: GB/s over the roofline's GB/s measured in the same run. "
+    "of roofline: GB/s over the roofline's GB/s measured in the same run (in CPU step "
+    "tables, timed alternately with the row, so both see the machine's load alike). "
     "ours faster by: this row's median / ours (or / the row its caption names). "
     "peak extra MB: CPU: peak resident-set growth during one steady-state call "
     "(VmHWM after resetting it via /proc/self/clear_refs, minus VmRSS before); "
@@ -46,7 +47,10 @@ def cells(table):
 
 def _caption(table):
     lines = [table.title]
-    if table.roofline_gbps:
+    if any(r.roofline_gbps for r in table.rows):
+        lines.append(f"roofline: the 7-stream kernel timed alternately with each row, median "
+                     f"{table.roofline_gbps:.1f} GB/s; each row's fraction is of its own")
+    elif table.roofline_gbps:
         lines.append(f"roofline {table.roofline_gbps:.1f} GB/s, measured in this run")
     if table.reference != OURS:
         lines.append(f"ours faster by: how many times faster {table.reference} is")

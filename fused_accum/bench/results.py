@@ -15,6 +15,7 @@ class Row:
     samples: object            # timing.Samples
     bytes_per_call: int        # nominal memory traffic of one call
     peak_extra_bytes: int = None
+    roofline_gbps: float = None  # CPU step tables: the roofline timed alternately with this row
 
     @property
     def median_ms(self):
@@ -43,9 +44,10 @@ class Table:
         return next((r for r in self.rows if r.variant == variant), None)
 
     def roofline_fraction(self, row):
-        if not self.roofline_gbps:
+        roofline = row.roofline_gbps or self.roofline_gbps
+        if not roofline:
             return None
-        return row.gbps / self.roofline_gbps
+        return row.gbps / roofline
 
     def speedup_of_ours(self, row):
         """How many times faster the reference row (ours) is than `row` (None for the
@@ -67,5 +69,6 @@ class Table:
         return dict(
             variant=r.variant, median_ms=s.median, q1_ms=s.q1, q3_ms=s.q3, min_ms=s.min,
             max_ms=s.max, samples_ms=list(s.ms), bytes_per_call=r.bytes_per_call,
-            gb_per_s=r.gbps, roofline_fraction=self.roofline_fraction(r),
+            gb_per_s=r.gbps, roofline_gbps=r.roofline_gbps,
+            roofline_fraction=self.roofline_fraction(r),
             speedup_of_ours=self.speedup_of_ours(r), peak_extra_bytes=r.peak_extra_bytes)

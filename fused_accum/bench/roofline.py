@@ -19,8 +19,9 @@ from .timing import time_call
 ADAM_STREAMS = 7  # read p, g, m, v; write p, m, v
 _CUDA_COPY_BYTES = 1 << 30
 # Past a few hundred MB the bandwidth no longer depends on the size, so larger sets
-# are measured on this many elements (2 GB of buffers in float32; GPT-2-small fits).
-_FLAT_ELEMENTS_CAP = 1 << 27
+# are measured on this many elements: 1 GB of buffers in float32, over three times the
+# development machine's L3, and little enough to hold beside a 1B-param step's state.
+_FLAT_ELEMENTS_CAP = 1 << 26
 
 
 def _stream_op():
@@ -52,14 +53,19 @@ def adam_bytes(params, streams=ADAM_STREAMS):
     return streams * nbytes(params)
 
 
-def flat_stream_kernel(params, repeats, warmup):
-    """Times the 7-stream kernel over one buffer per stream of the set's size and
-    dtype (capped at _FLAT_ELEMENTS_CAP); returns (Samples, bytes per call)."""
+def flat_stream_call(params):
+    """The 7-stream kernel over one buffer per stream of the set's size and dtype
+    (capped at _FLAT_ELEMENTS_CAP), ready to call: (call, bytes per call, bytes held)."""
     numel = min(sum(p.numel() for p in params), _FLAT_ELEMENTS_CAP)
     p, g, m, v = ([torch.zeros(numel, dtype=params[0].dtype, device=params[0].device)]
                   for _ in range(4))
-    samples = time_call(lambda: _stream_op()(p, g, m, v), params[0].device, repeats, warmup)
-    return samples, adam_bytes(p)
+    return (lambda: _stream_op()(p, g, m, v)), adam_bytes(p), 4 * nbytes(p)
+
+
+def flat_stream_kernel(params, repeats, warmup):
+    """Times flat_stream_call's kernel; returns (Samples, bytes per call)."""
+    call, moved, _ = flat_stream_call(params)
+    return time_call(call, params[0].device, repeats, warmup), moved
 
 
 def roofline_gbps(params, repeats, warmup):

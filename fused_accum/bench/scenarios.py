@@ -6,6 +6,7 @@ state at a time.
 """
 
 import gc
+import statistics
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +15,8 @@ from . import shapes
 from .memory import fits, peak_extra_bytes
 from .progress import Progress
 from .results import Row, Table
-from .roofline import ADAM_STREAMS, adam_bytes, copy_kernel, flat_stream_kernel, roofline_gbps
+from .roofline import (ADAM_STREAMS, adam_bytes, copy_kernel, flat_stream_call,
+                       flat_stream_kernel, roofline_gbps)
 from .tensors import make_params, nbytes, set_bytes
 from .timing import time_alternately, time_call
 from .variants import ADAM_L2, ADAMW, OURS, peers_skipped_reason, variants
@@ -67,20 +69,31 @@ def _measure_roofline(params, settings):
         return roofline_gbps(params, settings.repeats, settings.warmup)
 
 
-def _time_variant(table, variant, params, settings):
-    """Adds variant's row to table, unless its temporaries would not fit in memory."""
+def _time_variant(table, variant, params, settings, roofline=None):
+    """Adds variant's row to table, unless its temporaries would not fit in memory.
+
+    `roofline`: flat_stream_call's (call, bytes per call, bytes held), timed
+    alternately with the variant for the row's own roofline; None: the table's."""
     one_set = nbytes(params)
     new = 2 * one_set + variant.temporaries(params)  # moments + temporaries
-    if not fits(new, 2 * one_set + new, settings.device):
+    held = 0 if roofline is None else roofline[2]
+    if not fits(new, 2 * one_set + new + held, settings.device):
         table.notes.append(f"{variant.name} skipped: its state and temporaries "
                            f"(about {new / 1e9:.1f} GB) would not fit in memory")
         settings.say("  " + table.notes[-1])
         return
     settings.say(f"  {variant.name}")
     optimizer = variant.make(params)
-    samples = time_call(optimizer.step, settings.device, settings.repeats, settings.warmup)
+    row_roofline = None
+    if roofline is None:
+        samples = time_call(optimizer.step, settings.device, settings.repeats, settings.warmup)
+    else:
+        call, moved, _ = roofline
+        roofline_samples, samples = time_alternately([call, optimizer.step], settings.device,
+                                                     settings.repeats, settings.warmup)
+        row_roofline = moved / roofline_samples.median / 1e6
     peak = peak_extra_bytes(optimizer.step, settings.device)
-    table.rows.append(Row(variant.name, samples, adam_bytes(params), peak))
+    table.rows.append(Row(variant.name, samples, adam_bytes(params), peak, row_roofline))
     settings.say(f"    median {samples.median:.2f} ms")
     del optimizer
     gc.collect()
@@ -88,7 +101,7 @@ def _time_variant(table, variant, params, settings):
 
 def _step_tables(scenario, shape_set, dtype, algorithms, settings, title_prefix="",
                  only=None):
-    """One table per algorithm over one tensor set, sharing its roofline.
+    """One table per algorithm over one tensor set.
 
     `only`: the names of the variants to time (default: all).
     """
@@ -99,7 +112,14 @@ def _step_tables(scenario, shape_set, dtype, algorithms, settings, title_prefix=
                            shape_set, dtype, settings)
         table.notes = notes
         return [table]
-    roofline = _measure_roofline(params, settings)
+    # CPU: each row's roofline is timed alternately with it, which keeps the
+    # machine's changing load out of the fraction. CUDA: one copy-bandwidth measure.
+    if settings.device.type == "cpu":
+        alternate_roofline = flat_stream_call(params)
+        roofline = None
+    else:
+        alternate_roofline = None
+        roofline = _measure_roofline(params, settings)
     tables = []
     for algorithm in algorithms:
         title = (f"{title_prefix}one {algorithm.name} step, {shape_set.name} shapes "
@@ -110,7 +130,10 @@ def _step_tables(scenario, shape_set, dtype, algorithms, settings, title_prefix=
         settings.say(f"{scenario}: {algorithm.name} {shape_set.name} {dtype_name(dtype)}")
         for variant in variants(algorithm, settings.device, settings.peers):
             if only is None or variant.name in only:
-                _time_variant(table, variant, params, settings)
+                _time_variant(table, variant, params, settings, alternate_roofline)
+        beside_rows = [r.roofline_gbps for r in table.rows if r.roofline_gbps]
+        if beside_rows:
+            table.roofline_gbps = statistics.median(beside_rows)
         if settings.peers and only is None:
             reason = peers_skipped_reason(settings.device)
             if reason:
