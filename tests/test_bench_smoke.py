@@ -36,6 +36,9 @@ def test_quick_run_writes_json_with_default_scenarios(tmp_path):
     assert variants == ["ours", "torch for-loop", "torch foreach", "torch fused"]
     assert step["roofline_gbps"] > 0
     assert all(r["speedup_of_ours"] > 0 for r in step["rows"][1:])
+    for r in step["rows"][1:]:  # each timed alternately with ours and with the roofline
+        assert r["speedup_of_ours"] == pytest.approx(r["median_ms"] / r["ours_beside_ms"])
+        assert r["roofline_fraction"] == pytest.approx(r["gb_per_s"] / r["roofline_gbps"])
     dtypes = [t for t in tables if t["scenario"] == "dtypes"]
     assert [t["title"].split(": one ")[1].split(" step")[0] for t in dtypes] == ["AdamW",
                                                                               "Adam+L2"]

@@ -17,7 +17,9 @@ LEGEND = (
     "write p, m, v) at the param dtype's size (28 bytes/param in float32). "
     "of roofline: GB/s over the roofline's GB/s measured in the same run (in CPU step "
     "tables, timed alternately with the row, so both see the machine's load alike). "
-    "ours faster by: this row's median / ours (or / the row its caption names). "
+    "ours faster by: this row's median / ours' median, in step tables the two timed "
+    "alternately (where both states fit in memory), else ours' row; or / the row the "
+    "caption names. "
     "peak extra MB: CPU: peak resident-set growth during one steady-state call "
     "(VmHWM after resetting it via /proc/self/clear_refs, minus VmRSS before); "
     "CUDA: max_memory_allocated growth.")

@@ -69,34 +69,56 @@ def _measure_roofline(params, settings):
         return roofline_gbps(params, settings.repeats, settings.warmup)
 
 
-def _time_variant(table, variant, params, settings, roofline=None):
-    """Adds variant's row to table, unless its temporaries would not fit in memory.
+def _time_variant(table, variant, params, settings, roofline=None, ours=None):
+    """Adds variant's row to table, unless its temporaries would not fit in memory;
+    returns the stepped optimizer (None when skipped).
 
-    `roofline`: flat_stream_call's (call, bytes per call, bytes held), timed
-    alternately with the variant for the row's own roofline; None: the table's."""
+    Calls are timed alternately, so that a ratio compares two calls under the same load:
+    `roofline`, flat_stream_call's (call, bytes per call, bytes held), for the row's own
+    roofline (None: the table's); `ours`, ours' optimizer, already stepped, for the
+    row's speedup (None: against ours' row)."""
     one_set = nbytes(params)
     new = 2 * one_set + variant.temporaries(params)  # moments + temporaries
-    held = 0 if roofline is None else roofline[2]
+    held = (0 if roofline is None else roofline[2]) + (0 if ours is None else 2 * one_set)
     if not fits(new, 2 * one_set + new + held, settings.device):
         table.notes.append(f"{variant.name} skipped: its state and temporaries "
                            f"(about {new / 1e9:.1f} GB) would not fit in memory")
         settings.say("  " + table.notes[-1])
-        return
+        return None
     settings.say(f"  {variant.name}")
     optimizer = variant.make(params)
-    row_roofline = None
-    if roofline is None:
-        samples = time_call(optimizer.step, settings.device, settings.repeats, settings.warmup)
-    else:
-        call, moved, _ = roofline
-        roofline_samples, samples = time_alternately([call, optimizer.step], settings.device,
-                                                     settings.repeats, settings.warmup)
-        row_roofline = moved / roofline_samples.median / 1e6
+    calls = ([] if roofline is None else [roofline[0]]) + [optimizer.step] + \
+        ([] if ours is None else [ours.step])
+    timed = time_alternately(calls, settings.device, settings.repeats, settings.warmup)
+    row_roofline = None if roofline is None else roofline[1] / timed[0].median / 1e6
+    samples = timed[0 if roofline is None else 1]
+    ours_beside = None if ours is None else timed[-1].median
     peak = peak_extra_bytes(optimizer.step, settings.device)
-    table.rows.append(Row(variant.name, samples, adam_bytes(params), peak, row_roofline))
+    table.rows.append(Row(variant.name, samples, adam_bytes(params), peak, row_roofline,
+                          ours_beside))
     settings.say(f"    median {samples.median:.2f} ms")
-    del optimizer
-    gc.collect()
+    return optimizer
+
+
+def _time_variants(table, chosen, params, settings, roofline):
+    """Times ours first, then each other variant alternately with ours while both
+    states fit in memory beside the params (on a 1B-param set they may not)."""
+    one_set = nbytes(params)
+    ours = None
+    for variant in chosen:
+        if ours is not None:
+            state = 2 * one_set + variant.temporaries(params)
+            held = 2 * one_set + (0 if roofline is None else roofline[2])
+            if not fits(state, 2 * one_set + state + held, settings.device):
+                table.notes.append(f"{variant.name}: ours faster by is against ours' row, "
+                                   "as both states would not fit in memory at once")
+                ours = None
+                gc.collect()
+        optimizer = _time_variant(table, variant, params, settings, roofline, ours)
+        if variant.name == OURS:
+            ours = optimizer
+        del optimizer
+        gc.collect()
 
 
 def _step_tables(scenario, shape_set, dtype, algorithms, settings, title_prefix="",
@@ -128,9 +150,9 @@ def _step_tables(scenario, shape_set, dtype, algorithms, settings, title_prefix=
         table = _new_table(scenario, title, shape_set, dtype, settings)
         table.roofline_gbps = roofline
         settings.say(f"{scenario}: {algorithm.name} {shape_set.name} {dtype_name(dtype)}")
-        for variant in variants(algorithm, settings.device, settings.peers):
-            if only is None or variant.name in only:
-                _time_variant(table, variant, params, settings, alternate_roofline)
+        chosen = [v for v in variants(algorithm, settings.device, settings.peers)
+                  if only is None or v.name in only]
+        _time_variants(table, chosen, params, settings, alternate_roofline)
         beside_rows = [r.roofline_gbps for r in table.rows if r.roofline_gbps]
         if beside_rows:
             table.roofline_gbps = statistics.median(beside_rows)
