@@ -56,7 +56,7 @@ class Table:
         ours = self.row(self.reference)
         if ours is None or row is ours:
             return None
-        if row.ours_beside_ms is not None and self.reference == OURS:
+        if row.ours_beside_ms is not None:  # set in step tables, whose reference is ours
             return row.median_ms / row.ours_beside_ms
         return row.median_ms / ours.median_ms
 

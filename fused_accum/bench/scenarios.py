@@ -69,6 +69,15 @@ def _measure_roofline(params, settings):
         return roofline_gbps(params, settings.repeats, settings.warmup)
 
 
+def _variant_fits(variant, params, settings, roofline=None, ours=None):
+    """Whether variant's state and temporaries fit beside the params, the roofline's
+    buffers (flat_stream_call's third item) and ours' state, when given."""
+    one_set = nbytes(params)
+    new = 2 * one_set + variant.temporaries(params)  # moments + temporaries
+    held = (0 if roofline is None else roofline[2]) + (0 if ours is None else 2 * one_set)
+    return fits(new, 2 * one_set + new + held, settings.device)
+
+
 def _time_variant(table, variant, params, settings, roofline=None, ours=None):
     """Adds variant's row to table, unless its temporaries would not fit in memory;
     returns the stepped optimizer (None when skipped).
@@ -77,10 +86,8 @@ def _time_variant(table, variant, params, settings, roofline=None, ours=None):
     `roofline`, flat_stream_call's (call, bytes per call, bytes held), for the row's own
     roofline (None: the table's); `ours`, ours' optimizer, already stepped, for the
     row's speedup (None: against ours' row)."""
-    one_set = nbytes(params)
-    new = 2 * one_set + variant.temporaries(params)  # moments + temporaries
-    held = (0 if roofline is None else roofline[2]) + (0 if ours is None else 2 * one_set)
-    if not fits(new, 2 * one_set + new + held, settings.device):
+    if not _variant_fits(variant, params, settings, roofline, ours):
+        new = 2 * nbytes(params) + variant.temporaries(params)
         table.notes.append(f"{variant.name} skipped: its state and temporaries "
                            f"(about {new / 1e9:.1f} GB) would not fit in memory")
         settings.say("  " + table.notes[-1])
@@ -103,17 +110,13 @@ def _time_variant(table, variant, params, settings, roofline=None, ours=None):
 def _time_variants(table, chosen, params, settings, roofline):
     """Times ours first, then each other variant alternately with ours while both
     states fit in memory beside the params (on a 1B-param set they may not)."""
-    one_set = nbytes(params)
     ours = None
     for variant in chosen:
-        if ours is not None:
-            state = 2 * one_set + variant.temporaries(params)
-            held = 2 * one_set + (0 if roofline is None else roofline[2])
-            if not fits(state, 2 * one_set + state + held, settings.device):
-                table.notes.append(f"{variant.name}: ours faster by is against ours' row, "
-                                   "as both states would not fit in memory at once")
-                ours = None
-                gc.collect()
+        if ours is not None and not _variant_fits(variant, params, settings, roofline, ours):
+            table.notes.append(f"{variant.name}: ours faster by is against ours' row, "
+                               "as both states would not fit in memory at once")
+            ours = None
+            gc.collect()
         optimizer = _time_variant(table, variant, params, settings, roofline, ours)
         if variant.name == OURS:
             ours = optimizer
