@@ -17,6 +17,7 @@
 #include "param_group_step.h"
 
 #include "borrowed_tensor_list.h"
+#include "param_metadata_prefetch.h"
 #include "param_state_lookup.h"
 
 #include <ATen/core/LegacyTypeDispatch.h>
@@ -127,6 +128,7 @@ GroupedParams group_params(const py::list& params, const py::object& grads,
                           " grads");
   }
   const Py_ssize_t full_state = amsgrad ? 4 : 3;
+  prefetch_param_metadata(params.ptr(), own_grads ? nullptr : grads.ptr(), state_map.ptr());
   GroupedParams out;
   KeepAlive& keep_alive = out.keep_alive;
   for (Py_ssize_t i = 0; i < n; ++i) {

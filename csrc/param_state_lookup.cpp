@@ -81,4 +81,15 @@ PyObject* param_state(PyObject* state_map, PyObject* param) {
   return PyObject_GetItem(state_map, param);
 }
 
+PyObject* existing_param_state(PyObject* state_map, PyObject* param) {
+#if PY_VERSION_HEX < 0x030D0000
+  if (subscripts_as_dict(state_map) && hashes_by_identity(param)) {
+    PyObject* state = _PyDict_GetItem_KnownHash(state_map, param, identity_hash(param));
+    if (state == nullptr) PyErr_Clear();
+    return state;
+  }
+#endif
+  return nullptr;
+}
+
 }  // namespace fused_accum

@@ -10,4 +10,9 @@ namespace fused_accum {
 // created, exactly as `state_map[param]` in Python would.
 PyObject* param_state(PyObject* state_map, PyObject* param);
 
+// state_map[param] as a borrowed reference where the state exists and the
+// identity probe applies; otherwise nullptr, with nothing created and no error
+// set. For prefetching only: it may miss where param_state would find.
+PyObject* existing_param_state(PyObject* state_map, PyObject* param);
+
 }  // namespace fused_accum

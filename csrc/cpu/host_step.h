@@ -9,6 +9,7 @@
 #include "../adam_args.h"
 #include "../adam_element_op.h"
 #include "../adam_rows.h"
+#include "../metadata_prefetch.h"
 
 namespace fused_accum {
 namespace cpu {
@@ -52,8 +53,16 @@ inline std::optional<HostStep> begin_host_step(const AdamCall& call) {
 // update(param_tag, grad_tag, rows, step) with the storage types of the call.
 template <typename Update>
 void run_host_adam(const AdamCall& call, const char* op, const Update& update) {
+  // The checks and the loops below read every tensor's metadata, one tensor
+  // after another: bring it in a level at a time first (metadata_prefetch.h).
+  const AdamTensorLists& l = call.lists;
+  const at::TensorList lists[] = {l.params,      l.grads,           l.exp_avgs,
+                                  l.exp_avg_sqs, l.max_exp_avg_sqs, l.state_steps};
+  for (at::TensorList list : lists) prefetch_impls(list);
   check_adam_call(call, op);
-  if (call.lists.params.empty()) return;
+  if (l.params.empty()) return;
+  for (at::TensorList list : lists) prefetch_storage_impls(list);
+  prefetch_data(l.state_steps);
   const std::optional<HostStep> step = begin_host_step(call);
   if (!step) return;
   DenseRows rows = adam_dense_rows(call);
