@@ -92,9 +92,15 @@ const at::Tensor& state_tensor(PyObject* state, PyObject* key, Py_ssize_t i,
   return THPVariable_Unpack(value);
 }
 
+// Interned, as the string literals that torch.optim and _init_state store under
+// are: a dict lookup then matches the key by identity, without comparing text.
+py::str interned(const char* text) {
+  return py::reinterpret_steal<py::str>(PyUnicode_InternFromString(text));
+}
+
 struct StateKeys {
-  py::str exp_avg{"exp_avg"}, exp_avg_sq{"exp_avg_sq"}, max_exp_avg_sq{"max_exp_avg_sq"},
-      step{"step"};
+  py::str exp_avg = interned("exp_avg"), exp_avg_sq = interned("exp_avg_sq"),
+          max_exp_avg_sq = interned("max_exp_avg_sq"), step = interned("step");
 };
 
 TensorGroup& group_for(std::vector<TensorGroup>& groups, const at::Tensor& param) {

@@ -78,6 +78,14 @@ void adam_piece_via_float(const FloatOp& op, const RowPointers<P, G>& row, int64
   }
 }
 
+// The elements of a tensor whose dtype, T, the argument checks have established,
+// as the loops walk them. data_ptr<T>() would check the dtype again, in a library
+// call per tensor: a tenth of a step's own work with thousands of small params.
+template <typename T>
+loop_storage_t<T>* loop_data(const at::Tensor& t) {
+  return loop_pointer(static_cast<T*>(t.mutable_data_ptr()));
+}
+
 template <typename P>
 constexpr bool kSteppedInPlace = std::is_same_v<P, float> || std::is_same_v<P, double>;
 
@@ -92,11 +100,9 @@ void adam_all(const DenseRows& rows, const std::vector<double>& steps, const Ada
   std::vector<RowPointers<P, G>> pointers(n);
   std::vector<int64_t> numels(n);
   for (size_t i = 0; i < n; ++i) {
-    pointers[i] = {loop_pointer(rows.at(kParams, i).data_ptr<PT>()),
-                   loop_pointer(rows.at(kGrads, i).data_ptr<GT>()),
-                   loop_pointer(rows.at(kExpAvgs, i).data_ptr<PT>()),
-                   loop_pointer(rows.at(kExpAvgSqs, i).data_ptr<PT>()),
-                   h.amsgrad ? loop_pointer(rows.at(kMaxExpAvgSqs, i).data_ptr<PT>()) : nullptr};
+    pointers[i] = {loop_data<PT>(rows.at(kParams, i)), loop_data<GT>(rows.at(kGrads, i)),
+                   loop_data<PT>(rows.at(kExpAvgs, i)), loop_data<PT>(rows.at(kExpAvgSqs, i)),
+                   h.amsgrad ? loop_data<PT>(rows.at(kMaxExpAvgSqs, i)) : nullptr};
     numels[i] = rows.at(kParams, i).numel();
   }
   const Segments segments(numels);
@@ -127,8 +133,9 @@ void adam_all(const DenseRows& rows, const std::vector<double>& steps, const Ada
     }
     segments.parallel_for_each_piece([&](int64_t t, int64_t begin, int64_t end) {
       if constexpr (IN_LANES) {
-        adam_piece_in_lanes<AMSGRAD, GRAD_MODE != GradMode::kPlain>(ops[t], pointers[t], begin,
-                                                                    end);
+        const bool ends_tensor = end == numels[t] && static_cast<size_t>(t) + 1 < n;
+        adam_piece_in_lanes<AMSGRAD, GRAD_MODE != GradMode::kPlain>(
+            ops[t], pointers[t], begin, end, ends_tensor ? &pointers[t + 1] : nullptr);
       } else if constexpr (IN_PLACE) {
         adam_piece<AMSGRAD>(ops[t], pointers[t], begin, end);
       } else {

@@ -36,9 +36,10 @@ struct InLanes<AdamElementOp<P, G, MODE, AMSGRAD, MAXIMIZE, GRAD_MODE, DIVISION>
 };
 
 // Steps elements [begin, end) of one tensor; the last partial 16 through masks.
+// `next`: the tensor the loop goes on to when `end` is this one's end, else null.
 template <bool AMSGRAD, bool WRITES_GRAD, typename FloatOp, typename P, typename G>
 void adam_piece_in_lanes(const FloatOp& float_op, const RowPointers<P, G>& row, int64_t begin,
-                         int64_t end) {
+                         int64_t end, const RowPointers<P, G>* next) {
   using LanesOp = typename InLanes<FloatOp>::type;
   const LanesOp op{convert_scalars<FloatLanes>(float_op.scalars),
                    FloatLanes(float_op.grad_factor)};
@@ -48,12 +49,13 @@ void adam_piece_in_lanes(const FloatOp& float_op, const RowPointers<P, G>& row, 
   P* __restrict__ exp_avg_at = row.exp_avg;
   P* __restrict__ exp_avg_sq_at = row.exp_avg_sq;
   P* __restrict__ max_exp_avg_sq_at = row.max_exp_avg_sq;
+  const RowPointers<P, G> following = next != nullptr ? *next : RowPointers<P, G>{};
   const auto step_lanes = [&](int64_t i, auto lanes) {
-    prefetch_ahead(param_at + i);
-    prefetch_ahead(grad_at + i);
-    prefetch_ahead(exp_avg_at + i);
-    prefetch_ahead(exp_avg_sq_at + i);
-    if constexpr (AMSGRAD) prefetch_ahead(max_exp_avg_sq_at + i);
+    prefetch_ahead(param_at, i, end, following.param);
+    prefetch_ahead(grad_at, i, end, following.grad);
+    prefetch_ahead(exp_avg_at, i, end, following.exp_avg);
+    prefetch_ahead(exp_avg_sq_at, i, end, following.exp_avg_sq);
+    if constexpr (AMSGRAD) prefetch_ahead(max_exp_avg_sq_at, i, end, following.max_exp_avg_sq);
     FloatLanes param = load_lanes(param_at + i, lanes);
     FloatLanes grad = load_lanes(grad_at + i, lanes);
     FloatLanes exp_avg = load_lanes(exp_avg_at + i, lanes);
@@ -83,7 +85,7 @@ constexpr bool kSteppedInLanes = false;
 // Declared only, for the discarded branch that names it: kSteppedInLanes is false.
 template <bool AMSGRAD, bool WRITES_GRAD, typename FloatOp, typename P, typename G>
 void adam_piece_in_lanes(const FloatOp& float_op, const RowPointers<P, G>& row, int64_t begin,
-                         int64_t end);
+                         int64_t end, const RowPointers<P, G>* next);
 
 #endif
 

@@ -42,7 +42,8 @@ inline std::optional<HostStep> begin_host_step(const AdamCall& call) {
   HostStep step{std::vector<double>(l.state_steps.size()),
                 host_value_or(call.lr_tensor, call.hyper.lr), grad_factor};
   for (size_t i = 0; i < l.state_steps.size(); ++i) {
-    float* count = l.state_steps[i].data_ptr<float>();
+    // Checked float32 (check_adam_call): data_ptr<float>() would check again, in a call.
+    float* count = static_cast<float*>(l.state_steps[i].mutable_data_ptr());
     *count += 1.0f;
     step.steps[i] = static_cast<double>(*count);
   }
