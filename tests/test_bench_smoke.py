@@ -4,11 +4,14 @@ expected tables with positive timings. No assertions on speed."""
 import json
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
 
 from fused_accum.bench import shapes
 from fused_accum.bench.__main__ import parse_args
+from fused_accum.bench.timing import time_alternately
 
 DEFAULT_SCENARIOS = {"roofline", "step", "dtypes", "small", "window"}
 
@@ -78,3 +81,24 @@ def test_bad_arguments_are_refused_with_a_message(argv, message, capsys):
 def test_gpt2_small_shapes_match_the_published_count():
     assert shapes.GPT2_SMALL.numel == 124_439_808
     assert shapes.GPT2_SMALL.tensors == 148
+
+
+def test_alternate_timing_refills_short_calls_only():
+    """A short call is repeated untimed before each timed one; a call longer than
+    refill_ms is not, after the first round has shown its length."""
+    calls = {"short": 0, "long": 0}
+
+    def call(name, seconds):
+        def fn():
+            calls[name] += 1
+            time.sleep(seconds)
+        return fn
+
+    short, long_ = time_alternately([call("short", 0.002), call("long", 0.012)],
+                                    torch.device("cpu"), repeats=3, warmup=1, refill_ms=10.0)
+    assert len(short.ms) == len(long_.ms) == 3
+    rounds = 4
+    # short: at least 10 ms of untimed 2 ms calls (5 or fewer, sleep may overshoot) per round
+    assert rounds * 2 <= calls["short"] - rounds <= rounds * 5
+    # long: one untimed call in the first round only, when its length was not known yet
+    assert calls["long"] == rounds + 1

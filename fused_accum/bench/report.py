@@ -19,7 +19,9 @@ LEGEND = (
     "tables, timed alternately with the row, so both see the machine's load alike). "
     "ours faster by: this row's median / ours' median, in step tables the two timed "
     "alternately (where both states fit in memory), else ours' row; or / the row the "
-    "caption names. "
+    "caption names. Timed alternately: in turns, each timed call after 50 ms of untimed "
+    "calls of its own (none for calls that long), so it finds the caches as repeated "
+    "steps leave them. "
     "peak extra MB: CPU: peak resident-set growth during one steady-state call "
     "(VmHWM after resetting it via /proc/self/clear_refs, minus VmRSS before); "
     "CUDA: max_memory_allocated growth.")

@@ -62,18 +62,29 @@ def time_call(fn, device, repeats, warmup, setup=None):
     return Samples(tuple(ms))
 
 
-def time_alternately(fns, device, repeats, warmup):
+def time_alternately(fns, device, repeats, warmup, refill_ms=0.0):
     """Times several calls in turn, one sample of each per round, warmup rounds first;
     returns one Samples per call. A change in the machine's load during the run then
-    reaches every call alike, so their ratio is steadier than from separate runs."""
+    reaches every call alike, so their ratio is steadier than from separate runs.
+
+    refill_ms: before each timed call, untimed calls of the same fn run until they
+    have taken this long (none when one call takes longer). The timed call then finds
+    the caches as its own calls leave them, the steady state of a loop of steps and
+    what torch.utils.benchmark's repeated calls measure, not as the other fns left
+    them: for a step over a few tens of MB, one call before it is not enough.
+    """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     ms = [[] for _ in fns]
+    last = [0.0 for _ in fns]  # each fn's latest call, ms
     for i in range(warmup + repeats):
-        for samples, fn in zip(ms, fns):
-            elapsed = _time_once(fn, device)
+        for j, fn in enumerate(fns):
+            refilled = 0.0
+            while last[j] < refill_ms and refilled < refill_ms:
+                refilled += _time_once(fn, device)
+            last[j] = _time_once(fn, device)
             if i >= warmup:
-                samples.append(elapsed)
+                ms[j].append(last[j])
     return [Samples(tuple(m)) for m in ms]
 
 
