@@ -134,7 +134,11 @@ GroupedParams group_params(const py::list& params, const py::object& grads,
                           " grads");
   }
   const Py_ssize_t full_state = amsgrad ? 4 : 3;
-  prefetch_param_metadata(params.ptr(), own_grads ? nullptr : grads.ptr(), state_map.ptr());
+  // Borrowed, and valid while no Python code has run: init_state, or a lookup
+  // that missed (a defaultdict's factory), could change the state map.
+  const std::vector<PyObject*> prefetched_states =
+      prefetch_param_metadata(params.ptr(), own_grads ? nullptr : grads.ptr(), state_map.ptr());
+  bool python_ran = false;
   GroupedParams out;
   KeepAlive& keep_alive = out.keep_alive;
   for (Py_ssize_t i = 0; i < n; ++i) {
@@ -157,14 +161,19 @@ GroupedParams group_params(const py::list& params, const py::object& grads,
     }
     // self.state is a defaultdict: indexing creates the param's empty state.
     keep_alive.objects.push_back(py::reinterpret_borrow<py::object>(param_obj));
+    PyObject* prefetched = python_ran ? nullptr : prefetched_states[i];
+    python_ran = python_ran || prefetched == nullptr;
     const auto state =
-        py::reinterpret_steal<py::object>(param_state(state_map.ptr(), param_obj));
+        prefetched != nullptr
+            ? py::reinterpret_borrow<py::object>(prefetched)
+            : py::reinterpret_steal<py::object>(param_state(state_map.ptr(), param_obj));
     if (!state) throw py::error_already_set();
     if (!PyDict_Check(state.ptr())) {
       throw py::type_error("optimizer state of params[" + std::to_string(i) +
                            "] must be a dict, got " + Py_TYPE(state.ptr())->tp_name);
     }
     if (PyDict_GET_SIZE(state.ptr()) < full_state) {
+      python_ran = true;
       init_state(py::handle(param_obj), state, amsgrad);
     }
     const at::Tensor* exp_avg = &state_tensor(state.ptr(), keys.exp_avg.ptr(), i, keep_alive);

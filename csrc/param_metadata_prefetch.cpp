@@ -19,7 +19,8 @@ const c10::TensorImpl* impl_of(PyObject* obj) {
 
 }  // namespace
 
-void prefetch_param_metadata(PyObject* params, PyObject* grads, PyObject* state_map) {
+std::vector<PyObject*> prefetch_param_metadata(PyObject* params, PyObject* grads,
+                                               PyObject* state_map) {
   const Py_ssize_t n = PyList_GET_SIZE(params);
   for (Py_ssize_t i = 0; i < n; ++i) {
     prefetch_object(PyList_GET_ITEM(params, i), kObjectBytes);
@@ -56,6 +57,7 @@ void prefetch_param_metadata(PyObject* params, PyObject* grads, PyObject* state_
       prefetch_object(param_impls[i]->grad().unsafeGetTensorImpl(), sizeof(c10::TensorImpl));
     }
   }
+  return states;
 }
 
 }  // namespace fused_accum

@@ -126,6 +126,33 @@ def test_a_param_added_between_steps_is_stepped():
     assert opt.state[p]["step"].item() == 2
 
 
+def test_state_replaced_by_init_state_mid_step_is_the_one_stepped():
+    # The step finds each param's state before walking the params; once Python code
+    # has run mid-step (here init_state, replacing the later params' state dicts),
+    # what it found before must not be used.
+    class Replacing(FusedAdamW):
+        def _init_state(self, p, state, amsgrad):
+            super()._init_state(p, state, amsgrad)
+            if p is a:
+                for other in (b, c):
+                    self.state[other] = {k: v.clone() for k, v in self.state[other].items()}
+
+    a, b, c = (torch.nn.Parameter(torch.ones(3)) for _ in range(3))
+    opt = Replacing([a, b, c], lr=0.1)
+    b.grad, c.grad = torch.ones(3), torch.ones(3)
+    opt.step()  # a has no grad: no state yet
+    old_states = [opt.state[b], opt.state[c]]
+    old_values = [{k: v.clone() for k, v in s.items()} for s in old_states]
+    a.grad = torch.ones(3)
+    opt.step()  # init_state(a) runs first and replaces b's and c's state dicts
+    for param, old, values in zip((b, c), old_states, old_values):
+        assert opt.state[param] is not old
+        assert opt.state[param]["step"].item() == 2
+        for k, v in old.items():
+            torch.testing.assert_close(v, values[k], rtol=0, atol=0)
+    assert opt.state[a]["step"].item() == 1
+
+
 class SaltedHashParameter(torch.nn.Parameter):
     """A param type with its own hash: its state must be found the ordinary way."""
 
