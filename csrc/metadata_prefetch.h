@@ -16,13 +16,14 @@
 
 #include <cstdint>
 
+#include "cpu/prefetch.h"
+
 namespace fused_accum {
 
 // Prefetches the `bytes` starting at `at`, one cache line at a time.
 inline void prefetch_object(const void* at, int64_t bytes) {
-  constexpr int64_t kCacheLine = 64;
   const char* first = static_cast<const char*>(at);
-  for (int64_t offset = 0; offset < bytes; offset += kCacheLine) {
+  for (int64_t offset = 0; offset < bytes; offset += cpu::kCacheLineBytes) {
     __builtin_prefetch(first + offset, /*rw=*/0, /*locality=*/3);
   }
 }

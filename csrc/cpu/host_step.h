@@ -19,6 +19,14 @@ inline double host_value_or(const std::optional<at::Tensor>& t, double fallback)
   return t.has_value() ? t->item<double>() : fallback;
 }
 
+// The data of a tensor whose dtype, T, check_adam_call has established.
+// data_ptr<T>() would check the dtype again, in a library call per tensor: a
+// tenth of a step's own work with thousands of small params.
+template <typename T>
+T* checked_data(const at::Tensor& t) {
+  return static_cast<T*>(t.mutable_data_ptr());
+}
+
 struct HostStep {
   std::vector<double> steps;  // each param's step count, after this step
   double lr;
@@ -42,8 +50,7 @@ inline std::optional<HostStep> begin_host_step(const AdamCall& call) {
   HostStep step{std::vector<double>(l.state_steps.size()),
                 host_value_or(call.lr_tensor, call.hyper.lr), grad_factor};
   for (size_t i = 0; i < l.state_steps.size(); ++i) {
-    // Checked float32 (check_adam_call): data_ptr<float>() would check again, in a call.
-    float* count = static_cast<float*>(l.state_steps[i].mutable_data_ptr());
+    float* count = checked_data<float>(l.state_steps[i]);
     *count += 1.0f;
     step.steps[i] = static_cast<double>(*count);
   }

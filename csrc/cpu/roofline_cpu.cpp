@@ -72,6 +72,10 @@ void stream_piece_in_lanes(T* __restrict__ p, const T* __restrict__ g, T* __rest
   for (; i + FloatLanes::kWidth <= end; i += FloatLanes::kWidth) add_lanes(i, AllLanes{});
   if (i < end) add_lanes(i, LeadingLanes(end - i));
 }
+#else
+// Declared only, for the discarded branch that names it: kSteppedInLanes is false.
+template <typename T>
+void stream_piece_in_lanes(T* p, const T* g, T* m, T* v, int64_t begin, int64_t end);
 #endif
 
 void check_roofline_args(at::TensorList p, at::TensorList g, at::TensorList m,
@@ -114,13 +118,11 @@ void stream_roofline_cpu(at::TensorList p, at::TensorList g, at::TensorList m,
       vp[i] = loop_pointer(v[i].data_ptr<scalar_t>());
     }
     Segments(numels).parallel_for_each_piece([&](int64_t t, int64_t begin, int64_t end) {
-#ifdef FUSED_ACCUM_FLOAT_LANES
       if constexpr (kSteppedInLanes<T, T>) {
         stream_piece_in_lanes(pp[t], gp[t], mp[t], vp[t], begin, end);
-        return;
+      } else {
+        stream_piece(pp[t], gp[t], mp[t], vp[t], begin, end);
       }
-#endif
-      stream_piece(pp[t], gp[t], mp[t], vp[t], begin, end);
     });
   });
 }
