@@ -52,6 +52,20 @@ def assert_lists_equal(actual, expected):
             assert torch.equal(a, e), f"{key}[{i}] differs"
 
 
+def run_torch_fused(lists, lr, scale, steps, amsgrad, maximize, decoupled):
+    fused = torch._fused_adamw_ if decoupled else torch._fused_adam_
+    for _ in range(steps):
+        # torch.optim counts the steps in Python before calling its fused kernel.
+        torch._foreach_add_(lists["state_steps"], 1)
+        fused(*(lists[k] for k in LISTS), lr=lr, **HYPER, amsgrad=amsgrad, maximize=maximize,
+              grad_scale=scale)
+
+
+def max_error(tensors, reference):
+    return max((float((t.double() - r).abs().max()) for t, r in zip(tensors, reference)
+                if t.numel()), default=0.0)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("amsgrad, maximize, decoupled",
                          list(itertools.product([False, True], repeat=3)))
@@ -61,19 +75,32 @@ def test_adam_step_matches_torch_fused_cuda(dtype, amsgrad, maximize, decoupled,
                                             tensor_lr):
     ours = make_state("cuda", dtype, amsgrad)
     theirs = copy_to(ours, "cuda")
+    exact = {k: [t.double() if t.is_floating_point() and k != "state_steps" else t.clone()
+                 for t in v] for k, v in ours.items()}
     lr = torch.tensor(1e-2, device="cuda") if tensor_lr else 1e-2
     scale = None if grad_scale is None else torch.tensor(grad_scale, device="cuda")
-    fused = torch._fused_adamw_ if decoupled else torch._fused_adam_
-    for _ in range(3):
-        ops.adam_step_(**ours, lr=lr, **HYPER, amsgrad=amsgrad, maximize=maximize,
-                       decoupled_weight_decay=decoupled, grad_scale=scale)
-        # torch.optim counts the steps in Python before calling its fused kernel.
-        torch._foreach_add_(theirs["state_steps"], 1)
-        fused(*(theirs[k] for k in LISTS), lr=lr, **HYPER, amsgrad=amsgrad, maximize=maximize,
-              grad_scale=scale)
-    # torch's CUDA kernel writes the first moment as b1*m + (1-b1)*g, ours (like torch's
-    # CPU kernels) as a lerp: equal up to rounding, not bit for bit.
-    assert_lists_close(ours, theirs)
+    steps, flags = 3, dict(amsgrad=amsgrad, maximize=maximize)
+    for _ in range(steps):
+        ops.adam_step_(**ours, lr=lr, **HYPER, **flags, decoupled_weight_decay=decoupled,
+                       grad_scale=scale)
+    run_torch_fused(theirs, lr, scale, steps, amsgrad, maximize, decoupled)
+    if dtype in (torch.float32, torch.float64):
+        # torch's CUDA kernel writes the first moment as b1*m + (1-b1)*g, ours (like
+        # torch's CPU kernels) as a lerp: equal up to rounding, not bit for bit.
+        assert_lists_close(ours, theirs)
+        return
+    # In 16-bit storage that one rounding of the moment moves a stored value by an ulp
+    # now and then, as far from torch's own CPU kernel as from ours, which beats the
+    # default tolerances. So the rule is the flash-attention one, as on the CPU
+    # (test_adam_trajectories.py): against a float64 run of the same problem, our error
+    # is at most twice that of torch's kernel in the same dtype.
+    run_torch_fused(exact, lr, scale, steps, amsgrad, maximize, decoupled)
+    for key in ("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"):
+        our_error = max_error(ours[key], exact[key])
+        torch_error = max_error(theirs[key], exact[key])
+        assert our_error <= 2 * torch_error + 1e-12, (key, our_error, torch_error)
+    assert_lists_equal({"state_steps": ours["state_steps"]},
+                       {"state_steps": theirs["state_steps"]})
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
