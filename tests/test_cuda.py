@@ -75,8 +75,9 @@ def test_adam_step_matches_torch_fused_cuda(dtype, amsgrad, maximize, decoupled,
                                             tensor_lr):
     ours = make_state("cuda", dtype, amsgrad)
     theirs = copy_to(ours, "cuda")
-    exact = {k: [t.double() if t.is_floating_point() and k != "state_steps" else t.clone()
-                 for t in v] for k, v in ours.items()}
+    sixteen_bit = dtype in (torch.float16, torch.bfloat16)
+    exact = {k: [t.clone() if k == "state_steps" else t.double() for t in v]
+             for k, v in ours.items()} if sixteen_bit else None
     lr = torch.tensor(1e-2, device="cuda") if tensor_lr else 1e-2
     scale = None if grad_scale is None else torch.tensor(grad_scale, device="cuda")
     steps, flags = 3, dict(amsgrad=amsgrad, maximize=maximize)
@@ -84,16 +85,16 @@ def test_adam_step_matches_torch_fused_cuda(dtype, amsgrad, maximize, decoupled,
         ops.adam_step_(**ours, lr=lr, **HYPER, **flags, decoupled_weight_decay=decoupled,
                        grad_scale=scale)
     run_torch_fused(theirs, lr, scale, steps, amsgrad, maximize, decoupled)
-    if dtype in (torch.float32, torch.float64):
-        # torch's CUDA kernel writes the first moment as b1*m + (1-b1)*g, ours (like
-        # torch's CPU kernels) as a lerp: equal up to rounding, not bit for bit.
+    # torch's CUDA kernel writes the first moment as b1*m + (1-b1)*g, ours (like
+    # torch's CPU kernels) as a lerp: equal up to rounding, not bit for bit.
+    if not sixteen_bit:
         assert_lists_close(ours, theirs)
         return
-    # In 16-bit storage that one rounding of the moment moves a stored value by an ulp
-    # now and then, as far from torch's own CPU kernel as from ours, which beats the
-    # default tolerances. So the rule is the flash-attention one, as on the CPU
-    # (test_adam_trajectories.py): against a float64 run of the same problem, our error
-    # is at most twice that of torch's kernel in the same dtype.
+    # In 16-bit storage that rounding moves stored values by an ulp or two now and then,
+    # as far from torch's own CPU kernel as from ours (measured on an H200), beyond what
+    # the default tolerances allow. So the rule is the flash-attention one, as on the
+    # CPU (test_adam_trajectories.py): against a float64 run of the same problem, our
+    # error is at most twice that of torch's kernel in the same dtype.
     run_torch_fused(exact, lr, scale, steps, amsgrad, maximize, decoupled)
     for key in ("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"):
         our_error = max_error(ours[key], exact[key])
