@@ -65,31 +65,33 @@ bool subscripts_as_dict(PyObject* state_map) {
              PyDict_Type.tp_as_mapping->mp_subscript;
 }
 
+// state_map[param] through the identity probe, borrowed; nullptr where the
+// probe does not apply or finds nothing, with an error set if the lookup raised.
+PyObject* probe_by_identity(PyObject* state_map, PyObject* param) {
+#if PY_VERSION_HEX < 0x030D0000
+  if (subscripts_as_dict(state_map) && hashes_by_identity(param)) {
+    return _PyDict_GetItem_KnownHash(state_map, param, identity_hash(param));
+  }
+#endif
+  return nullptr;
+}
+
 }  // namespace
 
 PyObject* param_state(PyObject* state_map, PyObject* param) {
-#if PY_VERSION_HEX < 0x030D0000
-  if (subscripts_as_dict(state_map) && hashes_by_identity(param)) {
-    PyObject* state = _PyDict_GetItem_KnownHash(state_map, param, identity_hash(param));
-    if (state != nullptr) {
-      Py_INCREF(state);
-      return state;
-    }
-    if (PyErr_Occurred()) return nullptr;
+  PyObject* state = probe_by_identity(state_map, param);
+  if (state != nullptr) {
+    Py_INCREF(state);
+    return state;
   }
-#endif
+  if (PyErr_Occurred()) return nullptr;
   return PyObject_GetItem(state_map, param);
 }
 
 PyObject* existing_param_state(PyObject* state_map, PyObject* param) {
-#if PY_VERSION_HEX < 0x030D0000
-  if (subscripts_as_dict(state_map) && hashes_by_identity(param)) {
-    PyObject* state = _PyDict_GetItem_KnownHash(state_map, param, identity_hash(param));
-    if (state == nullptr) PyErr_Clear();
-    return state;
-  }
-#endif
-  return nullptr;
+  PyObject* state = probe_by_identity(state_map, param);
+  if (state == nullptr) PyErr_Clear();
+  return state;
 }
 
 }  // namespace fused_accum

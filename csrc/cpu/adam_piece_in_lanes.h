@@ -72,9 +72,7 @@ void adam_piece_in_lanes(const FloatOp& float_op, const RowPointers<P, G>& row, 
     store_lanes(exp_avg, exp_avg_at + i, lanes);
     store_lanes(exp_avg_sq, exp_avg_sq_at + i, lanes);
   };
-  int64_t i = begin;
-  for (; i + FloatLanes::kWidth <= end; i += FloatLanes::kWidth) step_lanes(i, AllLanes{});
-  if (i < end) step_lanes(i, LeadingLanes(end - i));
+  for_each_lanes(begin, end, step_lanes);
 }
 
 #else

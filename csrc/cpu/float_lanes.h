@@ -79,6 +79,15 @@ struct LeadingLanes {
   explicit LeadingLanes(int64_t count) : live(static_cast<__mmask16>((1u << count) - 1u)) {}
 };
 
+// Calls fn(i, lanes) for each group of 16 elements of [begin, end), the last
+// partial group through masks.
+template <typename Fn>
+inline void for_each_lanes(int64_t begin, int64_t end, const Fn& fn) {
+  int64_t i = begin;
+  for (; i + FloatLanes::kWidth <= end; i += FloatLanes::kWidth) fn(i, AllLanes{});
+  if (i < end) fn(i, LeadingLanes(end - i));
+}
+
 inline FloatLanes load_lanes(const float* from, AllLanes) {
   return FloatLanes(_mm512_loadu_ps(from));
 }

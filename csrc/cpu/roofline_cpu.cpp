@@ -68,9 +68,7 @@ void stream_piece_in_lanes(T* __restrict__ p, const T* __restrict__ g, T* __rest
     store_lanes(load_lanes(m + i, lanes) + gi, m + i, lanes);
     store_lanes(load_lanes(v + i, lanes) + gi, v + i, lanes);
   };
-  int64_t i = begin;
-  for (; i + FloatLanes::kWidth <= end; i += FloatLanes::kWidth) add_lanes(i, AllLanes{});
-  if (i < end) add_lanes(i, LeadingLanes(end - i));
+  for_each_lanes(begin, end, add_lanes);
 }
 #else
 // Declared only, for the discarded branch that names it: kSteppedInLanes is false.
