@@ -11,7 +11,9 @@ import torch
 
 from fused_accum.bench import shapes
 from fused_accum.bench.__main__ import parse_args
-from fused_accum.bench.timing import time_alternately
+from fused_accum.bench.report import HEADER, cells
+from fused_accum.bench.results import Row, Table
+from fused_accum.bench.timing import Samples, time_alternately
 
 DEFAULT_SCENARIOS = {"roofline", "step", "dtypes", "small", "window"}
 
@@ -76,6 +78,19 @@ def test_bad_arguments_are_refused_with_a_message(argv, message, capsys):
         parse_args(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_step_table_shows_the_ours_median_each_speedup_divides_by():
+    """Ours' own row and the turns beside a torch row can see different machine
+    speeds; the row shows the median its ratio uses, so the table reads consistently."""
+    table = Table(scenario="step", title="t", shape_set="s", params=1, tensors=1,
+                  dtype="float32", device="cpu")
+    table.rows = [Row("ours", Samples((50.0, 51.0, 52.0)), 28),
+                  Row("torch fused", Samples((31.0, 31.5, 32.0)), 28, ours_beside_ms=28.0)]
+    ours, fused = (dict(zip(HEADER, row)) for row in cells(table))
+    assert ours["ours in turn ms"] == "-" and ours["ours faster by"] == "-"
+    assert fused["ours in turn ms"] == "28.0"
+    assert fused["ours faster by"] == "1.12x"  # 31.5 / 28.0, not 31.5 / 51.0
 
 
 def test_gpt2_small_shapes_match_the_published_count():

@@ -7,8 +7,8 @@ import json
 
 from .variants import OURS
 
-HEADER = ("variant", "median ms", "IQR ms", "GB/s", "of roofline", "ours faster by",
-          "peak extra MB")
+HEADER = ("variant", "median ms", "IQR ms", "GB/s", "of roofline", "ours in turn ms",
+          "ours faster by", "peak extra MB")
 
 
 LEGEND = (
@@ -17,9 +17,10 @@ LEGEND = (
     "write p, m, v) at the param dtype's size (28 bytes/param in float32). "
     "of roofline: GB/s over the roofline's GB/s measured in the same run (in CPU step "
     "tables, timed alternately with the row, so both see the machine's load alike). "
-    "ours faster by: this row's median / ours' median, in step tables the two timed "
-    "alternately (where both states fit in memory), else ours' row; or / the row the "
-    "caption names. Timed alternately: in turns, each timed call after 50 ms of untimed "
+    "ours in turn ms: in step tables, ours' median timed alternately with this row "
+    "(where both states fit in memory); the machine's speed drifts, so it can differ "
+    "from ours' own row. ours faster by: this row's median / ours in turn, else / ours' "
+    "row; or / the row the caption names. Timed alternately: in turns, each timed call after 50 ms of untimed "
     "calls of its own (none for calls that long), so it finds the caches as repeated "
     "steps leave them. "
     "peak extra MB: CPU: peak resident-set growth during one steady-state call "
@@ -44,6 +45,7 @@ def cells(table):
         peak = None if r.peak_extra_bytes is None else r.peak_extra_bytes / 1e6
         rows.append((r.variant, _ms(r.median_ms), f"{_ms(r.samples.q1)}-{_ms(r.samples.q3)}",
                      f"{r.gbps:.1f}", _fmt(table.roofline_fraction(r), ".0%"),
+                     "-" if r.ours_beside_ms is None else _ms(r.ours_beside_ms),
                      _fmt(speedup, ".2f") + ("x" if speedup is not None else ""),
                      _fmt(peak, ".0f", "n/a")))
     return rows
