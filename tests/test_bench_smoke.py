@@ -1,6 +1,7 @@
 """Smoke tests of `python -m fused_accum.bench`: it runs, and its JSON has the
 expected tables with positive timings. No assertions on speed."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,11 +10,15 @@ import time
 import pytest
 import torch
 
-from fused_accum.bench import shapes
+import fused_accum
+
+from fused_accum.bench import scenarios, shapes
 from fused_accum.bench.__main__ import parse_args
 from fused_accum.bench.report import HEADER, cells
 from fused_accum.bench.results import Row, Table
+from fused_accum.bench.tensors import make_params, nbytes
 from fused_accum.bench.timing import Samples, time_alternately
+from fused_accum.bench.variants import ADAMW, variants
 
 DEFAULT_SCENARIOS = {"roofline", "step", "dtypes", "small", "window"}
 
@@ -91,6 +96,60 @@ def test_step_table_shows_the_ours_median_each_speedup_divides_by():
     assert ours["ours in turn ms"] == "-" and ours["ours faster by"] == "-"
     assert fused["ours in turn ms"] == "28.0"
     assert fused["ours faster by"] == "1.12x"  # 31.5 / 28.0, not 31.5 / 51.0
+
+
+def test_a_set_with_room_for_one_state_still_times_torch_beside_ours(monkeypatch):
+    """Where two optimizer states do not fit (a 1B-param set), torch's variants step
+    ours' state tensors, so they are still timed in turns with ours; foreach, whose
+    temporaries would not fit even then, is skipped without costing the others that."""
+    params = make_params(shapes.uniform(4, 4096), torch.float32, "cpu")
+    one_set = nbytes(params)
+    # Room for params, grads and one state, plus a little, not for a second state.
+    monkeypatch.setattr(scenarios, "fits", lambda new, total, device: total <= 4.5 * one_set)
+    settings = scenarios.Settings(device=torch.device("cpu"), repeats=2, warmup=1)
+    table = scenarios._new_table("step", "t", shapes.uniform(4, 4096), torch.float32, settings)
+    made = {}
+
+    def recorded(variant):
+        def make(ps):
+            made[variant.name] = variant.make(ps)
+            return made[variant.name]
+        return dataclasses.replace(variant, make=make)
+
+    chosen = [recorded(v) for v in variants(ADAMW, settings.device)]
+    scenarios._time_variants(table, chosen, params, settings, roofline=None)
+    rows = {r.variant: r for r in table.rows}
+    assert set(rows) == {"ours", "torch for-loop", "torch fused"}
+    for name in ("torch for-loop", "torch fused"):
+        assert rows[name].ours_beside_ms is not None
+        assert all(made[name].state[p] is made["ours"].state[p] for p in params)
+    assert "torch fused stepped ours' state tensors in its turns" in " ".join(table.notes)
+    assert any(n.startswith("torch foreach skipped") for n in table.notes)
+
+
+def test_shared_state_steps_as_one_optimizer_would():
+    """Ours and torch fused stepping one state in turns give torch fused's own
+    trajectory: the timing compares the same work."""
+    torch.manual_seed(0)
+    params = make_params(shapes.uniform(3, 1000), torch.float32, "cpu")
+    reference = [p.detach().clone().requires_grad_() for p in params]
+    for r, p in zip(reference, params):
+        r.grad = p.grad.clone()
+    hyper = dict(lr=1e-2, weight_decay=1e-2)
+    ours = fused_accum.FusedAdamW(params, **hyper)
+    fused = torch.optim.AdamW(params, fused=True, **hyper)
+    alone = torch.optim.AdamW(reference, fused=True, **hyper)
+    ours.step()
+    for p in params:
+        fused.state[p] = ours.state[p]
+    for step in (fused.step, ours.step, fused.step):
+        step()
+    for _ in range(4):
+        alone.step()
+    for p, r in zip(params, reference):
+        torch.testing.assert_close(p, r)
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(ours.state[p][key], alone.state[r][key])
 
 
 def test_gpt2_small_shapes_match_the_published_count():

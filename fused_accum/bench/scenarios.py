@@ -1,8 +1,9 @@
 """What is measured. Each scenario takes the run's Settings and returns Tables.
 
-A tensor set is allocated once and reused by every variant; each variant's optimizer
-(and so its state) is dropped before the next one is built, so memory holds one
-state at a time.
+A tensor set is allocated once and reused by every variant. Ours' optimizer is kept
+while each other variant is timed in turns with it, and each other variant's optimizer
+(and so its state) is dropped before the next one is built, so memory holds at most
+two states; one, where a torch variant steps ours' state on a set too big for two.
 """
 
 import gc
@@ -76,31 +77,38 @@ def _measure_roofline(params, settings):
 _REFILL_MS = 50.0
 
 
-def _variant_fits(variant, params, settings, roofline=None, ours=None):
+def _variant_fits(variant, params, settings, roofline=None, ours=None, shared=False):
     """Whether variant's state and temporaries fit beside the params, the roofline's
-    buffers (flat_stream_call's third item) and ours' state, when given."""
+    buffers (flat_stream_call's third item) and ours' state, when given; `shared`:
+    the variant steps ours' state, so only its temporaries are new."""
     one_set = nbytes(params)
-    new = 2 * one_set + variant.temporaries(params)  # moments + temporaries
+    new = (0 if shared else 2 * one_set) + variant.temporaries(params)
     held = (0 if roofline is None else roofline[2]) + (0 if ours is None else 2 * one_set)
     return fits(new, 2 * one_set + new + held, settings.device)
 
 
-def _time_variant(table, variant, params, settings, roofline=None, ours=None):
+def _time_variant(table, variant, params, settings, roofline=None, ours=None, shared=False):
     """Adds variant's row to table, unless its temporaries would not fit in memory;
     returns the stepped optimizer (None when skipped).
 
     Calls are timed alternately, so that a ratio compares two calls under the same load:
     `roofline`, flat_stream_call's (call, bytes per call, bytes held), for the row's own
     roofline (None: the table's); `ours`, ours' optimizer, already stepped, for the
-    row's speedup (None: against ours' row)."""
-    if not _variant_fits(variant, params, settings, roofline, ours):
-        new = 2 * nbytes(params) + variant.temporaries(params)
-        table.notes.append(f"{variant.name} skipped: its state and temporaries "
+    row's speedup (None: against ours' row); `shared`: the variant steps ours' state."""
+    if not _variant_fits(variant, params, settings, roofline, ours, shared):
+        new = (0 if shared else 2 * nbytes(params)) + variant.temporaries(params)
+        what = "temporaries" if shared else "state and temporaries"
+        table.notes.append(f"{variant.name} skipped: its {what} "
                            f"(about {new / 1e9:.1f} GB) would not fit in memory")
         settings.say("  " + table.notes[-1])
         return None
     settings.say(f"  {variant.name}")
     optimizer = variant.make(params)
+    if shared:
+        # The same dicts: both step counts advance together, and every call, ours'
+        # or this variant's, does the same work on the same tensors.
+        for p in params:
+            optimizer.state[p] = ours.state[p]
     calls = ([] if roofline is None else [roofline[0]]) + [optimizer.step] + \
         ([] if ours is None else [ours.step])
     timed = time_alternately(calls, settings.device, settings.repeats, settings.warmup,
@@ -116,16 +124,25 @@ def _time_variant(table, variant, params, settings, roofline=None, ours=None):
 
 
 def _time_variants(table, chosen, params, settings, roofline):
-    """Times ours first, then each other variant alternately with ours while both
-    states fit in memory beside the params (on a 1B-param set they may not)."""
+    """Times ours first, then each other variant alternately with ours. Where both
+    states would not fit in memory beside the params (a 1B-param set), a variant
+    with torch's state layout steps ours' state; any other is timed after ours'
+    state is freed, against ours' row."""
     ours = None
     for variant in chosen:
+        shared = False
         if ours is not None and not _variant_fits(variant, params, settings, roofline, ours):
-            table.notes.append(f"{variant.name}: ours faster by is against ours' row, "
-                               "as both states would not fit in memory at once")
-            ours = None
-            gc.collect()
-        optimizer = _time_variant(table, variant, params, settings, roofline, ours)
+            if variant.torch_state and _variant_fits(variant, params, settings, roofline, ours,
+                                                     shared=True):
+                shared = True
+                table.notes.append(f"{variant.name} stepped ours' state tensors in its turns, "
+                                   "as two states would not fit in memory")
+            elif _variant_fits(variant, params, settings, roofline):
+                table.notes.append(f"{variant.name}: ours faster by is against ours' row, "
+                                   "as both states would not fit in memory at once")
+                ours = None
+                gc.collect()
+        optimizer = _time_variant(table, variant, params, settings, roofline, ours, shared)
         if variant.name == OURS:
             ours = optimizer
         del optimizer

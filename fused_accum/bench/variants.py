@@ -45,6 +45,9 @@ class Variant:
     # Bytes of temporaries a step allocates (from torch's implementations, checked
     # against the measured peak), so sets too big for memory are skipped, not swapped.
     temporaries: Callable = _no_temporaries
+    # Keeps torch.optim's Adam state (a float32 step tensor on the param's device,
+    # exp_avg, exp_avg_sq), as ours does, so it can step ours' state tensors.
+    torch_state: bool = False
 
 
 def variants(algorithm, device, peers=False):
@@ -55,11 +58,12 @@ def variants(algorithm, device, peers=False):
         Variant(OURS, lambda ps: algorithm.ours(ps, **hyper)),
         # One tensor at a time: a couple of temporaries the size of the largest tensor.
         Variant("torch for-loop", lambda ps: torch_class(ps, foreach=False, **hyper),
-                lambda ps: 2 * _largest_bytes(ps)),
+                lambda ps: 2 * _largest_bytes(ps), torch_state=True),
         # Whole-list temporaries: sqrt(v) always, plus g + wd*p for L2 decay.
         Variant("torch foreach", lambda ps: torch_class(ps, foreach=True, **hyper),
-                lambda ps: (1 if algorithm.decoupled else 2) * nbytes(ps)),
-        Variant("torch fused", lambda ps: torch_class(ps, fused=True, **hyper)),
+                lambda ps: (1 if algorithm.decoupled else 2) * nbytes(ps), torch_state=True),
+        Variant("torch fused", lambda ps: torch_class(ps, fused=True, **hyper),
+                torch_state=True),
     ]
     if peers:
         found += peer_variants(algorithm, device)
