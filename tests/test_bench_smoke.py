@@ -18,7 +18,7 @@ from fused_accum.bench.report import HEADER, cells
 from fused_accum.bench.results import Row, Table
 from fused_accum.bench.tensors import make_params, nbytes
 from fused_accum.bench.timing import Samples, time_alternately
-from fused_accum.bench.variants import ADAMW, variants
+from fused_accum.bench.variants import ADAMW, Variant, variants
 
 DEFAULT_SCENARIOS = {"roofline", "step", "dtypes", "small", "window"}
 
@@ -101,11 +101,13 @@ def test_step_table_shows_the_ours_median_each_speedup_divides_by():
 def test_a_set_with_room_for_one_state_still_times_torch_beside_ours(monkeypatch):
     """Where two optimizer states do not fit (a 1B-param set), torch's variants step
     ours' state tensors, so they are still timed in turns with ours; foreach, whose
-    temporaries would not fit even then, is skipped without costing the others that."""
+    temporaries would not fit even then, is skipped without costing the others that;
+    a peer with its own state layout is timed alone after them."""
     params = make_params(shapes.uniform(4, 4096), torch.float32, "cpu")
     one_set = nbytes(params)
     # Room for params, grads and one state, plus a little, not for a second state.
-    monkeypatch.setattr(scenarios, "fits", lambda new, total, device: total <= 4.5 * one_set)
+    monkeypatch.setattr(scenarios, "fits",
+                        lambda new, total, device, released=0: total <= 4.5 * one_set)
     settings = scenarios.Settings(device=torch.device("cpu"), repeats=2, warmup=1)
     table = scenarios._new_table("step", "t", shapes.uniform(4, 4096), torch.float32, settings)
     made = {}
@@ -116,13 +118,19 @@ def test_a_set_with_room_for_one_state_still_times_torch_beside_ours(monkeypatch
             return made[variant.name]
         return dataclasses.replace(variant, make=make)
 
-    chosen = [recorded(v) for v in variants(ADAMW, settings.device)]
+    # A peer with a state of its own layout (as DeepSpeedCPUAdam's) comes last.
+    peer = Variant("peer", lambda ps: torch.optim.AdamW(ps, fused=True))
+    chosen = [recorded(v) for v in variants(ADAMW, settings.device) + [peer]]
     scenarios._time_variants(table, chosen, params, settings, roofline=None)
     rows = {r.variant: r for r in table.rows}
-    assert set(rows) == {"ours", "torch for-loop", "torch fused"}
+    assert set(rows) == {"ours", "torch for-loop", "torch fused", "peer"}
     for name in ("torch for-loop", "torch fused"):
         assert rows[name].ours_beside_ms is not None
         assert all(made[name].state[p] is made["ours"].state[p] for p in params)
+    # Timed once ours' state is freed, so against ours' row.
+    assert rows["peer"].ours_beside_ms is None
+    assert all(made["peer"].state[p] is not made["ours"].state[p] for p in params)
+    assert "peer: ours faster by is against ours' row" in " ".join(table.notes)
     assert "torch fused stepped ours' state tensors in its turns" in " ".join(table.notes)
     assert any(n.startswith("torch foreach skipped") for n in table.notes)
 

@@ -70,9 +70,10 @@ PROCESS_CAP_BYTES = 18 * 10**9
 _MARGIN_BYTES = 1 << 30
 
 
-def fits(new_bytes, total_bytes, device):
-    """Whether allocating `new_bytes` more, holding `total_bytes` in all, is safe."""
+def fits(new_bytes, total_bytes, device, released_bytes=0):
+    """Whether allocating `new_bytes` more, holding `total_bytes` in all, is safe,
+    once `released_bytes` now held are freed."""
     if device.type == "cpu" and total_bytes > PROCESS_CAP_BYTES:
         return False
     available = available_bytes(device)
-    return available is None or new_bytes + _MARGIN_BYTES <= available
+    return available is None or new_bytes + _MARGIN_BYTES <= available + released_bytes

@@ -77,14 +77,16 @@ def _measure_roofline(params, settings):
 _REFILL_MS = 50.0
 
 
-def _variant_fits(variant, params, settings, roofline=None, ours=None, shared=False):
+def _variant_fits(variant, params, settings, roofline=None, ours=None, shared=False,
+                  released=0):
     """Whether variant's state and temporaries fit beside the params, the roofline's
     buffers (flat_stream_call's third item) and ours' state, when given; `shared`:
-    the variant steps ours' state, so only its temporaries are new."""
+    the variant steps ours' state, so only its temporaries are new; `released`:
+    bytes now held that are freed first."""
     one_set = nbytes(params)
     new = (0 if shared else 2 * one_set) + variant.temporaries(params)
     held = (0 if roofline is None else roofline[2]) + (0 if ours is None else 2 * one_set)
-    return fits(new, 2 * one_set + new + held, settings.device)
+    return fits(new, 2 * one_set + new + held, settings.device, released)
 
 
 def _time_variant(table, variant, params, settings, roofline=None, ours=None, shared=False):
@@ -137,7 +139,8 @@ def _time_variants(table, chosen, params, settings, roofline):
                 shared = True
                 table.notes.append(f"{variant.name} stepped ours' state tensors in its turns, "
                                    "as two states would not fit in memory")
-            elif _variant_fits(variant, params, settings, roofline):
+            elif _variant_fits(variant, params, settings, roofline,
+                               released=2 * nbytes(params)):  # ours' state, once freed
                 table.notes.append(f"{variant.name}: ours faster by is against ours' row, "
                                    "as both states would not fit in memory at once")
                 ours = None
