@@ -77,16 +77,25 @@ def _measure_roofline(params, settings):
 _REFILL_MS = 50.0
 
 
+def _state_bytes(params):
+    """An Adam state's two moments."""
+    return 2 * nbytes(params)
+
+
+def _new_bytes(variant, params, shared=False):
+    """What building and stepping variant allocates; `shared`: it steps ours' state,
+    so only its temporaries are new."""
+    return (0 if shared else _state_bytes(params)) + variant.temporaries(params)
+
+
 def _variant_fits(variant, params, settings, roofline=None, ours=None, shared=False,
                   released=0):
-    """Whether variant's state and temporaries fit beside the params, the roofline's
-    buffers (flat_stream_call's third item) and ours' state, when given; `shared`:
-    the variant steps ours' state, so only its temporaries are new; `released`:
-    bytes now held that are freed first."""
-    one_set = nbytes(params)
-    new = (0 if shared else 2 * one_set) + variant.temporaries(params)
-    held = (0 if roofline is None else roofline[2]) + (0 if ours is None else 2 * one_set)
-    return fits(new, 2 * one_set + new + held, settings.device, released)
+    """Whether variant's state and temporaries fit beside the params and grads, the
+    roofline's buffers (flat_stream_call's third item) and ours' state, when given;
+    `released`: bytes now held that are freed first."""
+    new = _new_bytes(variant, params, shared)
+    held = (0 if roofline is None else roofline[2]) + (0 if ours is None else _state_bytes(params))
+    return fits(new, 2 * nbytes(params) + new + held, settings.device, released)
 
 
 def _time_variant(table, variant, params, settings, roofline=None, ours=None, shared=False):
@@ -98,10 +107,10 @@ def _time_variant(table, variant, params, settings, roofline=None, ours=None, sh
     roofline (None: the table's); `ours`, ours' optimizer, already stepped, for the
     row's speedup (None: against ours' row); `shared`: the variant steps ours' state."""
     if not _variant_fits(variant, params, settings, roofline, ours, shared):
-        new = (0 if shared else 2 * nbytes(params)) + variant.temporaries(params)
         what = "temporaries" if shared else "state and temporaries"
-        table.notes.append(f"{variant.name} skipped: its {what} "
-                           f"(about {new / 1e9:.1f} GB) would not fit in memory")
+        table.notes.append(f"{variant.name} skipped: its {what} (about "
+                           f"{_new_bytes(variant, params, shared) / 1e9:.1f} GB) "
+                           "would not fit in memory")
         settings.say("  " + table.notes[-1])
         return None
     settings.say(f"  {variant.name}")
@@ -140,7 +149,7 @@ def _time_variants(table, chosen, params, settings, roofline):
                 table.notes.append(f"{variant.name} stepped ours' state tensors in its turns, "
                                    "as two states would not fit in memory")
             elif _variant_fits(variant, params, settings, roofline,
-                               released=2 * nbytes(params)):  # ours' state, once freed
+                               released=_state_bytes(params)):  # ours', once freed
                 table.notes.append(f"{variant.name}: ours faster by is against ours' row, "
                                    "as both states would not fit in memory at once")
                 ours = None
