@@ -2,5 +2,6 @@
 
 One job per module: shapes (tensor sets), timing and memory (measuring one call),
 roofline (what memory bandwidth allows), variants (the optimizers compared), scenarios
-(what is measured), report and plot (how results are shown), __main__ (the CLI).
+(what is measured), report and plot (how results are shown), __main__ (the CLI),
+spread (each ratio over several runs' JSON files).
 """

@@ -39,7 +39,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m fused_accum.bench",
         description="Benchmarks fused_accum's Adam/AdamW against torch.optim. "
-                    "Times are medians over --repeats runs after --warmup runs.")
+                    "Times are medians over --repeats runs after --warmup runs. To "
+                    "quote a ratio from a shared machine, make several runs with --json "
+                    "and summarise them: python -m fused_accum.bench.spread RUN.json ...")
     parser.add_argument("--scenario", nargs="+", action="extend", choices=sorted(SCENARIOS),
                         metavar="NAME", help="scenarios to run instead of the default set: "
                         + ", ".join(sorted(SCENARIOS)))

@@ -63,16 +63,20 @@ def _caption(table):
     return lines
 
 
+def aligned(rows):
+    """Rows of cells as text lines: the first column left-aligned, the others right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                      for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+
+
 def text(tables):
     out = []
     for table in tables:
         out += _caption(table)
         body = cells(table)
         if body:
-            widths = [max(len(row[i]) for row in [HEADER] + body) for i in range(len(HEADER))]
-            for row in [HEADER] + body:
-                out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                     for i, (c, w) in enumerate(zip(row, widths))))
+            out += aligned([HEADER] + body)
         out += [f"note: {n}" for n in table.notes]
         out.append("")
     out.append(LEGEND)
