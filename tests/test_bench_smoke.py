@@ -61,6 +61,17 @@ def test_quick_run_writes_json_with_default_scenarios(tmp_path):
         assert fp32["speedup_of_ours"] == pytest.approx(fp32["median_ms"] / bf16["median_ms"])
         assert bf16["speedup_of_ours"] is None
     assert result["meta"]["quick"] is True
+    # The file is what `python -m fused_accum.bench.spread` reads: a run of it over
+    # two copies shows the headline's torch fused ratio twice, so as min, median, max.
+    spread = subprocess.run([sys.executable, "-m", "fused_accum.bench.spread", str(out),
+                             str(out)], capture_output=True, text=True, timeout=120)
+    assert spread.returncode == 0, spread.stderr
+    headline = next(t for t in tables if t["title"].startswith("Headline"))
+    fused = next(r for r in headline["rows"] if r["variant"] == "torch fused")
+    lines = spread.stdout.splitlines()
+    fused_line = next(line for line in lines[lines.index(headline["title"]):]
+                      if line.startswith("torch fused "))
+    assert fused_line.split()[2:6] == ["2"] + [f"{fused['speedup_of_ours']:.2f}"] * 3
 
 
 def test_named_scenario_and_markdown(tmp_path):
