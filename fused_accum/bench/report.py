@@ -59,8 +59,13 @@ def _caption(table):
     elif table.roofline_gbps:
         lines.append(f"roofline {table.roofline_gbps:.1f} GB/s, measured in this run")
     if table.reference != OURS:
-        lines.append(f"ours faster by: how many times faster {table.reference} is")
+        lines.append(reference_caption(table.reference))
     return lines
+
+
+def reference_caption(reference):
+    """The caption line of a table whose "ours faster by" divides by another row."""
+    return f"ours faster by: how many times faster {reference} is"
 
 
 def aligned(rows):

@@ -12,7 +12,7 @@ import json
 import statistics
 import sys
 
-from .report import aligned
+from .report import aligned, reference_caption
 from .variants import OURS
 
 _HEADER = ("variant", "runs", "ours faster by: min", "median", "max",
@@ -45,8 +45,8 @@ def collect(runs):
     out = {}
     for tables in runs:
         for table in tables:
-            collected = out.setdefault(table["title"], {"reference": table.get("reference", OURS),
-                                                        "rows": {}})
+            collected = out.setdefault(
+                table["title"], {"reference": table.get("reference", OURS), "rows": {}})
             rows = collected["rows"]
             for row in table["rows"]:
                 values = rows.setdefault(row["variant"], {"speedup": [], "roofline": []})
@@ -78,8 +78,8 @@ def text(collected):
         if not body:
             continue
         lines.append(title)
-        if table["reference"] != OURS:  # worded as the run's own caption
-            lines.append(f"ours faster by: how many times faster {table['reference']} is")
+        if table["reference"] != OURS:
+            lines.append(reference_caption(table["reference"]))
         lines += aligned([_HEADER] + body)
         lines.append("")
     return "\n".join(lines)
