@@ -61,8 +61,8 @@ def test_quick_run_writes_json_with_default_scenarios(tmp_path):
         assert fp32["speedup_of_ours"] == pytest.approx(fp32["median_ms"] / bf16["median_ms"])
         assert bf16["speedup_of_ours"] is None
     assert result["meta"]["quick"] is True
-    # The file is what `python -m fused_accum.bench.spread` reads: a run of it over
-    # two copies shows the headline's torch fused ratio twice, so as min, median, max.
+    # The file is what `python -m fused_accum.bench.spread` reads. Given it twice, the
+    # headline's torch fused ratio is its own min, median and max over the two "runs".
     spread = subprocess.run([sys.executable, "-m", "fused_accum.bench.spread", str(out),
                              str(out)], capture_output=True, text=True, timeout=120)
     assert spread.returncode == 0, spread.stderr
