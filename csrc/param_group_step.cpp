@@ -61,8 +61,12 @@ struct KeepAlive {
   // after another. Measured alternately on 2000 params of 1024 elements: the
   // step 2-7% faster (1.01-1.16 ms to 0.95-1.08). Reads no object: safe without the GIL.
   void prefetch_for_release() const {
-    for (const pybind11::object& o : objects) __builtin_prefetch(o.ptr(), /*rw=*/1, 3);
-    for (const at::Tensor& t : tensors) __builtin_prefetch(t.unsafeGetTensorImpl(), 1, 3);
+    for (const pybind11::object& o : objects) {
+      __builtin_prefetch(o.ptr(), /*rw=*/1, /*locality=*/3);
+    }
+    for (const at::Tensor& t : tensors) {
+      __builtin_prefetch(t.unsafeGetTensorImpl(), /*rw=*/1, /*locality=*/3);
+    }
   }
 };
 

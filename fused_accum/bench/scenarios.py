@@ -134,26 +134,35 @@ def _time_variant(table, variant, params, settings, roofline=None, ours=None, sh
     return optimizer
 
 
+def _room_beside_ours(table, variant, params, settings, roofline, ours):
+    """How variant is timed beside ours' optimizer: returns (shared, free_ours). Where
+    both states would not fit in memory beside the params (a 1B-param set), a variant
+    with torch's state layout steps ours' state (shared); any other is timed after
+    ours' state is freed (free_ours), against ours' row."""
+    if ours is None or _variant_fits(variant, params, settings, roofline, ours):
+        return False, False
+    if variant.torch_state and _variant_fits(variant, params, settings, roofline, ours,
+                                             shared=True):
+        table.notes.append(f"{variant.name} stepped ours' state tensors in its turns, "
+                           "as two states would not fit in memory")
+        return True, False
+    if _variant_fits(variant, params, settings, roofline,
+                     released=_state_bytes(params)):  # ours', once freed
+        table.notes.append(f"{variant.name}: ours faster by is against ours' row, "
+                           "as both states would not fit in memory at once")
+        return False, True
+    return False, False  # does not fit either way: _time_variant notes the skip
+
+
 def _time_variants(table, chosen, params, settings, roofline):
-    """Times ours first, then each other variant alternately with ours. Where both
-    states would not fit in memory beside the params (a 1B-param set), a variant
-    with torch's state layout steps ours' state; any other is timed after ours'
-    state is freed, against ours' row."""
+    """Times ours first, then each other variant alternately with ours, as
+    _room_beside_ours allows."""
     ours = None
     for variant in chosen:
-        shared = False
-        if ours is not None and not _variant_fits(variant, params, settings, roofline, ours):
-            if variant.torch_state and _variant_fits(variant, params, settings, roofline, ours,
-                                                     shared=True):
-                shared = True
-                table.notes.append(f"{variant.name} stepped ours' state tensors in its turns, "
-                                   "as two states would not fit in memory")
-            elif _variant_fits(variant, params, settings, roofline,
-                               released=_state_bytes(params)):  # ours', once freed
-                table.notes.append(f"{variant.name}: ours faster by is against ours' row, "
-                                   "as both states would not fit in memory at once")
-                ours = None
-                gc.collect()
+        shared, free_ours = _room_beside_ours(table, variant, params, settings, roofline, ours)
+        if free_ours:
+            ours = None
+            gc.collect()
         optimizer = _time_variant(table, variant, params, settings, roofline, ours, shared)
         if variant.name == OURS:
             ours = optimizer
