@@ -21,7 +21,7 @@ void check_scalar_tensor(const std::optional<at::Tensor>& t, const char* op,
 
 }  // namespace
 
-void check_adam_call(const AdamCall& call, const char* op) {
+void check_adam_lists(const AdamCall& call, const char* op) {
   const AdamTensorLists& l = call.lists;
   const size_t n = l.params.size();
   check_list_length(l.grads, n, op, "grads");
@@ -43,9 +43,21 @@ void check_adam_call(const AdamCall& call, const char* op) {
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
                   dtype == at::kBFloat16,
               op, ": params must be float32, float64, float16 or bfloat16, got ", dtype);
+  check_scalar_tensor(call.lr_tensor, op, "lr", device);
+  check_scalar_tensor(call.grad_factor, op,
+                      call.grad_mode == GradMode::kUnscale ? "grad_scale" : "grad_multiplier",
+                      device);
+  check_scalar_tensor(call.found_inf, op, "found_inf", device);
+}
+
+void check_adam_rows(const AdamCall& call, const char* op, size_t begin, size_t end) {
+  if (begin >= end) return;
+  const AdamTensorLists& l = call.lists;
+  const at::Device device = l.params[0].device();
+  const at::ScalarType dtype = l.params[0].scalar_type();
   // The window step reads float32 accumulation buffers for low-precision params.
   const bool float_grads_allowed = call.grad_mode == GradMode::kScaleAndZero;
-  for (size_t i = 0; i < n; ++i) {
+  for (size_t i = begin; i < end; ++i) {
     check_member(l.params[i], i, op, "params", device, dtype);
     check_same_shape(l.grads[i], l.params[i], i, op, "grads");
     check_same_shape(l.exp_avgs[i], l.params[i], i, op, "exp_avgs");
@@ -74,11 +86,11 @@ void check_adam_call(const AdamCall& call, const char* op) {
     TORCH_CHECK(step.device() == device, op, ": state_steps[", i, "] must be on ",
                 device, " like the params, got ", step.device());
   }
-  check_scalar_tensor(call.lr_tensor, op, "lr", device);
-  check_scalar_tensor(call.grad_factor, op,
-                      call.grad_mode == GradMode::kUnscale ? "grad_scale" : "grad_multiplier",
-                      device);
-  check_scalar_tensor(call.found_inf, op, "found_inf", device);
+}
+
+void check_adam_call(const AdamCall& call, const char* op) {
+  check_adam_lists(call, op);
+  check_adam_rows(call, op, 0, call.lists.params.size());
 }
 
 }  // namespace fused_accum

@@ -43,4 +43,9 @@ struct AdamCall {
 // `op` is the operator name used in messages.
 void check_adam_call(const AdamCall& call, const char* op);
 
+// check_adam_call in two parts: the lists' lengths and the scalar arguments, then
+// the tensors of rows [begin, end), which check_adam_lists must have passed.
+void check_adam_lists(const AdamCall& call, const char* op);
+void check_adam_rows(const AdamCall& call, const char* op, size_t begin, size_t end);
+
 }  // namespace fused_accum

@@ -1,5 +1,6 @@
 #include "dense_rows.h"
 
+#include "parallel_rows.h"
 #include "tensor_list_checks.h"
 
 namespace fused_accum {
@@ -25,8 +26,12 @@ DenseRows::DenseRows(const std::vector<at::TensorList>& lists,
     : originals_(lists), mutated_(mutated), staged_(lists.size()) {
   const size_t rows = lists.empty() ? 0 : lists[0].size();
   staged_index_.assign(rows, -1);
+  std::vector<char> dense(rows);
+  parallel_for_rows(rows, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) dense[i] = shares_dense_layout(lists, i);
+  });
   for (size_t i = 0; i < rows; ++i) {
-    if (shares_dense_layout(lists, i)) continue;
+    if (dense[i]) continue;
     staged_index_[i] = static_cast<int64_t>(staged_rows_.size());
     staged_rows_.push_back(i);
     for (size_t k = 0; k < lists.size(); ++k) staged_[k].push_back(lists[k][i].contiguous());

@@ -114,6 +114,24 @@ def test_bad_arguments_name_the_argument(case):
         ops.adam_step_(*lists, lr=1e-3, **HYPER)
 
 
+def test_of_many_bad_rows_the_first_is_named_and_nothing_changes():
+    # Enough rows for the checks to be split between threads. Every row of the
+    # second half is bad, so the threads past the first fail at once, while the
+    # first thread reaches its one bad row last: only the first row may be named.
+    n = 512
+    params = [torch.randn(8) for _ in range(n)]
+    lists = [params, *([torch.randn(8) for _ in range(n)] for _ in range(4)),
+             [torch.tensor(1.0) for _ in range(n)]]
+    for i in [n // 2 - 1, *range(n // 2, n)]:
+        lists[3][i] = torch.zeros(3)
+    before = [[t.clone() for t in ts] for ts in lists]
+    with pytest.raises(RuntimeError, match=rf"exp_avg_sqs\[{n // 2 - 1}\] must have shape"):
+        ops.adam_step_(*lists, lr=1e-3, **HYPER)
+    for ts, saved in zip(lists, before):
+        for t, s in zip(ts, saved):
+            torch.testing.assert_close(t, s, rtol=0, atol=0)
+
+
 def test_float32_grads_only_for_the_window_step():
     lists = adam_lists(torch.bfloat16, torch.float32)
     with pytest.raises(RuntimeError, match=r"grads\[0\] must have the params' dtype BFloat16, got Float"):

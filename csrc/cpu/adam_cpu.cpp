@@ -12,6 +12,7 @@
 #include "../adam_element_op.h"
 #include "../adam_flag_dispatch.h"
 #include "../adam_rows.h"
+#include "../parallel_rows.h"
 #include "adam_cpu.h"
 #include "adam_piece_in_lanes.h"
 #include "adam_row_pointers.h"
@@ -97,12 +98,14 @@ void adam_all(const DenseRows& rows, const std::vector<double>& steps, const Ada
   const size_t n = rows.rows();
   std::vector<RowPointers<P, G>> pointers(n);
   std::vector<int64_t> numels(n);
-  for (size_t i = 0; i < n; ++i) {
-    pointers[i] = {loop_data<PT>(rows.at(kParams, i)), loop_data<GT>(rows.at(kGrads, i)),
-                   loop_data<PT>(rows.at(kExpAvgs, i)), loop_data<PT>(rows.at(kExpAvgSqs, i)),
-                   h.amsgrad ? loop_data<PT>(rows.at(kMaxExpAvgSqs, i)) : nullptr};
-    numels[i] = rows.at(kParams, i).numel();
-  }
+  parallel_for_rows(n, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      pointers[i] = {loop_data<PT>(rows.at(kParams, i)), loop_data<GT>(rows.at(kGrads, i)),
+                     loop_data<PT>(rows.at(kExpAvgs, i)), loop_data<PT>(rows.at(kExpAvgSqs, i)),
+                     h.amsgrad ? loop_data<PT>(rows.at(kMaxExpAvgSqs, i)) : nullptr};
+      numels[i] = rows.at(kParams, i).numel();
+    }
+  });
   const Segments segments(numels);
   dispatch_adam_flags(h, call.grad_mode, [&](auto mode, auto amsgrad, auto maximize,
                                              auto grad_mode) {

@@ -3,6 +3,7 @@
 // when a step is skipped or how it is counted.
 #pragma once
 
+#include <atomic>
 #include <optional>
 #include <vector>
 
@@ -10,6 +11,7 @@
 #include "../adam_element_op.h"
 #include "../adam_rows.h"
 #include "../metadata_prefetch.h"
+#include "../parallel_rows.h"
 
 namespace fused_accum {
 namespace cpu {
@@ -25,6 +27,37 @@ inline double host_value_or(const std::optional<at::Tensor>& t, double fallback)
 template <typename T>
 T* checked_data(const at::Tensor& t) {
   return static_cast<T*>(t.mutable_data_ptr());
+}
+
+// check_adam_call's row checks, split between threads (parallel_rows.h). Each
+// thread first brings in its rows' metadata a level at a time (metadata_prefetch.h),
+// and after its checks their storages and step counts, which the count, layout and
+// pointer loops that follow read for the same rows. A thread stops at its first
+// failed row; then all rows are checked again in order, so that the error names the
+// first bad row, as a serial check would.
+inline void check_rows_in_parallel(const AdamCall& call, const char* op) {
+  const AdamTensorLists& l = call.lists;
+  const size_t n = l.params.size();
+  std::atomic<bool> failed{false};
+  parallel_for_rows(n, [&](int64_t begin, int64_t end) {
+    // check_adam_lists has passed: a list holds n tensors, or none (max_exp_avg_sqs).
+    const auto rows_of = [&](at::TensorList list) {
+      return list.empty() ? list : list.slice(begin, end - begin);
+    };
+    const at::TensorList lists[] = {rows_of(l.params),          rows_of(l.grads),
+                                    rows_of(l.exp_avgs),        rows_of(l.exp_avg_sqs),
+                                    rows_of(l.max_exp_avg_sqs), rows_of(l.state_steps)};
+    for (at::TensorList list : lists) prefetch_impls(list);
+    try {
+      check_adam_rows(call, op, begin, end);
+    } catch (...) {
+      failed = true;
+      return;
+    }
+    for (at::TensorList list : lists) prefetch_storage_impls(list);
+    prefetch_data(rows_of(l.state_steps));
+  });
+  if (failed) check_adam_rows(call, op, 0, n);
 }
 
 struct HostStep {
@@ -49,11 +82,13 @@ inline std::optional<HostStep> begin_host_step(const AdamCall& call) {
   }
   HostStep step{std::vector<double>(l.state_steps.size()),
                 host_value_or(call.lr_tensor, call.hyper.lr), grad_factor};
-  for (size_t i = 0; i < l.state_steps.size(); ++i) {
-    float* count = checked_data<float>(l.state_steps[i]);
-    *count += 1.0f;
-    step.steps[i] = static_cast<double>(*count);
-  }
+  parallel_for_rows(l.state_steps.size(), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      float* count = checked_data<float>(l.state_steps[i]);
+      *count += 1.0f;
+      step.steps[i] = static_cast<double>(*count);
+    }
+  });
   return step;
 }
 
@@ -61,16 +96,9 @@ inline std::optional<HostStep> begin_host_step(const AdamCall& call) {
 // update(param_tag, grad_tag, rows, step) with the storage types of the call.
 template <typename Update>
 void run_host_adam(const AdamCall& call, const char* op, const Update& update) {
-  // The checks and the loops below read every tensor's metadata, one tensor
-  // after another: bring it in a level at a time first (metadata_prefetch.h).
-  const AdamTensorLists& l = call.lists;
-  const at::TensorList lists[] = {l.params,      l.grads,           l.exp_avgs,
-                                  l.exp_avg_sqs, l.max_exp_avg_sqs, l.state_steps};
-  for (at::TensorList list : lists) prefetch_impls(list);
-  check_adam_call(call, op);
-  if (l.params.empty()) return;
-  for (at::TensorList list : lists) prefetch_storage_impls(list);
-  prefetch_data(l.state_steps);
+  check_adam_lists(call, op);
+  if (call.lists.params.empty()) return;
+  check_rows_in_parallel(call, op);
   const std::optional<HostStep> step = begin_host_step(call);
   if (!step) return;
   DenseRows rows = adam_dense_rows(call);
