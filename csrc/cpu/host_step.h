@@ -29,33 +29,47 @@ T* checked_data(const at::Tensor& t) {
   return static_cast<T*>(t.mutable_data_ptr());
 }
 
-// check_adam_call's row checks, split between threads (parallel_rows.h). Each
-// thread first brings in its rows' metadata a level at a time (metadata_prefetch.h),
-// and after its checks their storages and step counts, which the count, layout and
-// pointer loops that follow read for the same rows. A thread stops at its first
-// failed row; then all rows are checked again in order, so that the error names the
-// first bad row, as a serial check would.
+// Rows whose metadata a checking thread asks for while it checks the rows before:
+// far enough ahead to keep many misses in flight, near enough that the lines are
+// still in cache when their turn comes. Against prefetching a thread's whole share
+// first, 2-4% faster on 2000 params of 1024 elements and on 20000 of 64; 96 rows
+// did as well as 32.
+constexpr int64_t kPrefetchRows = 32;
+
+// check_adam_call's row checks, split between threads (parallel_rows.h). A thread
+// prefetches its rows' metadata a level at a time (metadata_prefetch.h), and once
+// a block is checked, its storages and step counts, which the count, layout and
+// pointer loops that follow read. A thread stops at its first failed row; then all
+// rows are checked again in order, so that the error names the first bad row, as a
+// serial check would.
 inline void check_rows_in_parallel(const AdamCall& call, const char* op) {
   const AdamTensorLists& l = call.lists;
   const size_t n = l.params.size();
   std::atomic<bool> failed{false};
-  parallel_for_rows(n, [&](int64_t begin, int64_t end) {
-    // check_adam_lists has passed: a list holds n tensors, or none (max_exp_avg_sqs).
-    const auto rows_of = [&](at::TensorList list) {
-      return list.empty() ? list : list.slice(begin, end - begin);
-    };
-    const at::TensorList lists[] = {rows_of(l.params),          rows_of(l.grads),
-                                    rows_of(l.exp_avgs),        rows_of(l.exp_avg_sqs),
-                                    rows_of(l.max_exp_avg_sqs), rows_of(l.state_steps)};
-    for (at::TensorList list : lists) prefetch_impls(list);
-    try {
-      check_adam_rows(call, op, begin, end);
-    } catch (...) {
-      failed = true;
-      return;
+  // check_adam_lists has passed: a list holds n tensors, or none (max_exp_avg_sqs).
+  const at::TensorList lists[] = {l.params,      l.grads,           l.exp_avgs,
+                                  l.exp_avg_sqs, l.max_exp_avg_sqs, l.state_steps};
+  const auto prefetch_rows = [&](int64_t from, int64_t to, auto prefetch) {
+    if (from >= to) return;
+    for (at::TensorList list : lists) {
+      if (!list.empty()) prefetch(list.slice(from, to - from));
     }
-    for (at::TensorList list : lists) prefetch_storage_impls(list);
-    prefetch_data(rows_of(l.state_steps));
+  };
+  parallel_for_rows(n, [&](int64_t begin, int64_t end) {
+    const auto impls = [](at::TensorList t) { prefetch_impls(t); };
+    prefetch_rows(begin, std::min(end, begin + kPrefetchRows), impls);
+    for (int64_t block = begin; block < end; block += kPrefetchRows) {
+      const int64_t block_end = std::min(end, block + kPrefetchRows);
+      prefetch_rows(block_end, std::min(end, block_end + kPrefetchRows), impls);
+      try {
+        check_adam_rows(call, op, block, block_end);
+      } catch (...) {
+        failed = true;
+        return;
+      }
+      prefetch_rows(block, block_end, [](at::TensorList t) { prefetch_storage_impls(t); });
+      prefetch_data(l.state_steps.slice(block, block_end - block));
+    }
   });
   if (failed) check_adam_rows(call, op, 0, n);
 }
