@@ -18,7 +18,7 @@ from fused_accum.bench.report import HEADER, cells
 from fused_accum.bench.results import Row, Table
 from fused_accum.bench.tensors import make_params, nbytes
 from fused_accum.bench.timing import Samples, time_alternately
-from fused_accum.bench.variants import ADAMW, Variant, variants
+from fused_accum.bench.variants import ADAMW, Variant, share_moments_with_deepspeed, variants
 
 DEFAULT_SCENARIOS = {"roofline", "step", "dtypes", "small", "window"}
 
@@ -168,6 +168,26 @@ def test_shared_state_steps_as_one_optimizer_would():
         torch.testing.assert_close(p, r)
         for key in ("step", "exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(ours.state[p][key], alone.state[r][key])
+
+
+def test_deepspeed_steps_ours_moments_with_a_count_of_its_own():
+    """DeepSpeedCPUAdam keeps an int step count (`state['step'] += 1`): sharing ours'
+    dicts would turn ours' step tensor into an int, so it gets dicts of its own that
+    hold ours' moment tensors. Any Optimizer's `state` shows it; deepspeed need not
+    be installed."""
+    params = make_params(shapes.uniform(3, 100), torch.float32, "cpu")
+    ours = fused_accum.FusedAdamW(params)
+    for _ in range(2):
+        ours.step()
+    holder = torch.optim.SGD(params, lr=0.1)
+    share_moments_with_deepspeed(holder, ours, params)
+    for p in params:
+        theirs, mine = holder.state[p], ours.state[p]
+        assert theirs is not mine
+        assert theirs["exp_avg"] is mine["exp_avg"]
+        assert theirs["exp_avg_sq"] is mine["exp_avg_sq"]
+        assert type(theirs["step"]) is int and theirs["step"] == 2
+        assert torch.is_tensor(mine["step"])
 
 
 def test_gpt2_small_shapes_match_the_published_count():

@@ -116,10 +116,7 @@ def _time_variant(table, variant, params, settings, roofline=None, ours=None, sh
     settings.say(f"  {variant.name}")
     optimizer = variant.make(params)
     if shared:
-        # The same dicts: both step counts advance together, and every call, ours'
-        # or this variant's, does the same work on the same tensors.
-        for p in params:
-            optimizer.state[p] = ours.state[p]
+        variant.share_state(optimizer, ours, params)
     calls = ([] if roofline is None else [roofline[0]]) + [optimizer.step] + \
         ([] if ours is None else [ours.step])
     timed = time_alternately(calls, settings.device, settings.repeats, settings.warmup,
@@ -137,11 +134,11 @@ def _time_variant(table, variant, params, settings, roofline=None, ours=None, sh
 def _room_beside_ours(table, variant, params, settings, roofline, ours):
     """How variant is timed beside ours' optimizer: returns (shared, free_ours). Where
     both states would not fit in memory beside the params (a 1B-param set), a variant
-    with torch's state layout steps ours' state (shared); any other is timed after
+    that can share ours' state tensors steps them (shared); any other is timed after
     ours' state is freed (free_ours), against ours' row."""
     if ours is None or _variant_fits(variant, params, settings, roofline, ours):
         return False, False
-    if variant.torch_state and _variant_fits(variant, params, settings, roofline, ours,
+    if variant.share_state is not None and _variant_fits(variant, params, settings, roofline, ours,
                                              shared=True):
         table.notes.append(f"{variant.name} stepped ours' state tensors in its turns, "
                            "as two states would not fit in memory")

@@ -38,6 +38,23 @@ def _largest_bytes(params):
     return max(p.numel() * p.element_size() for p in params)
 
 
+def share_torch_state(optimizer, ours, params):
+    """torch.optim keeps Adam's state as ours does (a float32 step tensor, exp_avg,
+    exp_avg_sq): the same dicts, so both step counts advance together and every call,
+    ours' or the variant's, does the same work on the same tensors."""
+    for p in params:
+        optimizer.state[p] = ours.state[p]
+
+
+def share_moments_with_deepspeed(optimizer, ours, params):
+    """DeepSpeedCPUAdam keeps its step count as a Python int beside the two moments:
+    its own dicts, holding ours' moment tensors and a count that starts at ours'."""
+    for p in params:
+        state = ours.state[p]
+        optimizer.state[p] = {"step": int(state["step"]), "exp_avg": state["exp_avg"],
+                              "exp_avg_sq": state["exp_avg_sq"]}
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -45,9 +62,9 @@ class Variant:
     # Bytes of temporaries a step allocates (from torch's implementations, checked
     # against the measured peak), so sets too big for memory are skipped, not swapped.
     temporaries: Callable = _no_temporaries
-    # Keeps torch.optim's Adam state (a float32 step tensor on the param's device,
-    # exp_avg, exp_avg_sq), as ours does, so it can step ours' state tensors.
-    torch_state: bool = False
+    # share(optimizer, ours, params) makes the variant step ours' state tensors, for
+    # sets with room for one state only; None where its state has another layout.
+    share_state: Callable | None = None
 
 
 def variants(algorithm, device, peers=False):
@@ -58,12 +75,12 @@ def variants(algorithm, device, peers=False):
         Variant(OURS, lambda ps: algorithm.ours(ps, **hyper)),
         # One tensor at a time: a couple of temporaries the size of the largest tensor.
         Variant("torch for-loop", lambda ps: torch_class(ps, foreach=False, **hyper),
-                lambda ps: 2 * _largest_bytes(ps), torch_state=True),
+                lambda ps: 2 * _largest_bytes(ps), share_torch_state),
         # Whole-list temporaries: sqrt(v) always, plus g + wd*p for L2 decay.
         Variant("torch foreach", lambda ps: torch_class(ps, foreach=True, **hyper),
-                lambda ps: (1 if algorithm.decoupled else 2) * nbytes(ps), torch_state=True),
+                lambda ps: (1 if algorithm.decoupled else 2) * nbytes(ps), share_torch_state),
         Variant("torch fused", lambda ps: torch_class(ps, fused=True, **hyper),
-                torch_state=True),
+                share_state=share_torch_state),
     ]
     if peers:
         found += peer_variants(algorithm, device)
@@ -90,7 +107,7 @@ def peer_variants(algorithm, device):
             return DeepSpeedCPUAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY,
                                     adamw_mode=algorithm.decoupled,
                                     fp32_optimizer_states=False)
-    return [Variant("DeepSpeedCPUAdam", make)]
+    return [Variant("DeepSpeedCPUAdam", make, share_state=share_moments_with_deepspeed)]
 
 
 def peers_skipped_reason(device):
