@@ -138,8 +138,8 @@ def _room_beside_ours(table, variant, params, settings, roofline, ours):
     ours' state is freed (free_ours), against ours' row."""
     if ours is None or _variant_fits(variant, params, settings, roofline, ours):
         return False, False
-    if variant.share_state is not None and _variant_fits(variant, params, settings, roofline, ours,
-                                             shared=True):
+    if variant.share_state is not None and _variant_fits(variant, params, settings, roofline,
+                                                         ours, shared=True):
         table.notes.append(f"{variant.name} stepped ours' state tensors in its turns, "
                            "as two states would not fit in memory")
         return True, False

@@ -75,10 +75,11 @@ def variants(algorithm, device, peers=False):
         Variant(OURS, lambda ps: algorithm.ours(ps, **hyper)),
         # One tensor at a time: a couple of temporaries the size of the largest tensor.
         Variant("torch for-loop", lambda ps: torch_class(ps, foreach=False, **hyper),
-                lambda ps: 2 * _largest_bytes(ps), share_torch_state),
+                lambda ps: 2 * _largest_bytes(ps), share_state=share_torch_state),
         # Whole-list temporaries: sqrt(v) always, plus g + wd*p for L2 decay.
         Variant("torch foreach", lambda ps: torch_class(ps, foreach=True, **hyper),
-                lambda ps: (1 if algorithm.decoupled else 2) * nbytes(ps), share_torch_state),
+                lambda ps: (1 if algorithm.decoupled else 2) * nbytes(ps),
+                share_state=share_torch_state),
         Variant("torch fused", lambda ps: torch_class(ps, fused=True, **hyper),
                 share_state=share_torch_state),
     ]
