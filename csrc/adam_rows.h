@@ -17,7 +17,7 @@ enum AdamRow { kParams = 0, kGrads, kExpAvgs, kExpAvgSqs, kMaxExpAvgSqs };
 
 // Row i: params[i], grads[i], exp_avgs[i], exp_avg_sqs[i] (and max_exp_avg_sqs[i]
 // with amsgrad), dense or staged. Grads are written only when the step rewrites them.
-inline DenseRows adam_dense_rows(const AdamCall& call) {
+inline DenseRows adam_dense_rows(const AdamCall& call, LayoutScan scan) {
   const AdamTensorLists& l = call.lists;
   std::vector<at::TensorList> lists = {l.params, l.grads, l.exp_avgs, l.exp_avg_sqs};
   std::vector<bool> mutated = {true, call.grad_mode != GradMode::kPlain, true, true};
@@ -25,7 +25,7 @@ inline DenseRows adam_dense_rows(const AdamCall& call) {
     lists.push_back(l.max_exp_avg_sqs);
     mutated.push_back(true);
   }
-  return DenseRows(lists, mutated);
+  return DenseRows(lists, mutated, scan);
 }
 
 // Calls fn(P{}, G{}) with the param and grad storage types of a checked call:

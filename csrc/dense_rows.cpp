@@ -22,14 +22,19 @@ bool shares_dense_layout(const std::vector<at::TensorList>& lists, size_t i) {
 }  // namespace
 
 DenseRows::DenseRows(const std::vector<at::TensorList>& lists,
-                     const std::vector<bool>& mutated)
+                     const std::vector<bool>& mutated, LayoutScan scan)
     : originals_(lists), mutated_(mutated), staged_(lists.size()) {
   const size_t rows = lists.empty() ? 0 : lists[0].size();
   staged_index_.assign(rows, -1);
   std::vector<char> dense(rows);
-  parallel_for_rows(rows, [&](int64_t begin, int64_t end) {
+  const auto scan_rows = [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) dense[i] = shares_dense_layout(lists, i);
-  });
+  };
+  if (scan == LayoutScan::kSplit) {
+    parallel_for_rows(rows, scan_rows);
+  } else {
+    scan_rows(0, static_cast<int64_t>(rows));
+  }
   for (size_t i = 0; i < rows; ++i) {
     if (dense[i]) continue;
     staged_index_[i] = static_cast<int64_t>(staged_rows_.size());

@@ -115,7 +115,7 @@ void run_host_adam(const AdamCall& call, const char* op, const Update& update) {
   check_rows_in_parallel(call, op);
   const std::optional<HostStep> step = begin_host_step(call);
   if (!step) return;
-  DenseRows rows = adam_dense_rows(call);
+  DenseRows rows = adam_dense_rows(call, LayoutScan::kSplit);
   dispatch_adam_storage(call, [&](auto param_tag, auto grad_tag) {
     update(param_tag, grad_tag, rows, *step);
   });

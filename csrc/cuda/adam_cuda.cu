@@ -66,7 +66,7 @@ void adam_cuda(const AdamCall& call, const char* op) {
 
   increment_steps(l.state_steps, args);
 
-  DenseRows rows = adam_dense_rows(call);
+  DenseRows rows = adam_dense_rows(call, LayoutScan::kOneThread);
   if (h.decay_mode == DecayMode::kL2) {
     launch_adam_update<DecayMode::kL2>(rows, call, args);
   } else {
