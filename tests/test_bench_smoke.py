@@ -214,3 +214,29 @@ def test_alternate_timing_refills_short_calls_only():
     assert rounds * 2 <= calls["short"] - rounds <= rounds * 5
     # long: one untimed call in the first round only, when its length was not known yet
     assert calls["long"] == rounds + 1
+
+
+def test_alternate_timing_runs_each_setup_before_each_call_of_its_fn():
+    """A window end needs its micro-batches before every call, refills included."""
+    log = []
+
+    def fn(name, seconds):
+        def call():
+            log.append(name)
+            time.sleep(seconds)
+        return call
+
+    time_alternately([fn("a", 0.001), fn("b", 0.001)], torch.device("cpu"), repeats=2,
+                     warmup=1, refill_ms=2.5,
+                     setups=[lambda: log.append("setup a"), None])
+    calls_of_a = [i for i, entry in enumerate(log) if entry == "a"]
+    assert len(calls_of_a) > 3  # refills ran as well as the timed calls
+    assert all(log[i - 1] == "setup a" for i in calls_of_a)
+    assert log.count("setup a") == len(calls_of_a)
+    assert "setup b" not in log
+
+
+def test_alternate_timing_refuses_setups_not_aligned_with_the_calls():
+    with pytest.raises(ValueError, match="one entry per fn: 2 fns, 1 setups"):
+        time_alternately([lambda: None, lambda: None], torch.device("cpu"), repeats=1,
+                         warmup=0, setups=[None])

@@ -21,7 +21,7 @@ from .roofline import (ADAM_STREAMS, adam_bytes, copy_kernel, flat_stream_call,
 from .tensors import make_params, nbytes, set_bytes
 from .timing import time_alternately, time_call
 from .variants import ADAM_L2, ADAMW, OURS, peers_skipped_reason, variants
-from .window import WINDOW_STREAMS, torch_window, ours_window
+from .window import WINDOW_STREAMS, ours_window, time_window_ends, torch_window
 
 
 @dataclass
@@ -325,14 +325,25 @@ def window(settings):
     if params is None:
         return [table]
     table.roofline_gbps = _measure_roofline(params, settings)
-    for p in params:
+    # Each implementation steps a copy of its own, so that the two are timed alternately.
+    torch_params = _allocate(shape_set, dtype, settings, table.notes)
+    if torch_params is None:
+        return [table]
+    for p in params + torch_params:
         p.grad = None  # the window's backward passes produce the grads
-    for name, measure in ((OURS, ours_window), ("torch fused", torch_window)):
-        settings.say(f"window: {name}")
-        row = measure(params, settings)
-        table.rows.append(row)
-        settings.say(f"    median {row.median_ms:.2f} ms")
-        gc.collect()
+    settings.say("window: ours and torch fused, in turns")
+    ends = []
+    try:
+        ends.append(ours_window(params))
+        ends.append(torch_window(torch_params))
+        table.rows += time_window_ends(ends, params, settings)
+    finally:
+        for end in ends:
+            end.close()
+    for row in table.rows:
+        settings.say(f"    {row.variant}: median {row.median_ms:.2f} ms")
+    del ends, torch_params
+    gc.collect()
     return [table]
 
 

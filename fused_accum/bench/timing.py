@@ -62,7 +62,7 @@ def time_call(fn, device, repeats, warmup, setup=None):
     return Samples(tuple(ms))
 
 
-def time_alternately(fns, device, repeats, warmup, refill_ms=0.0):
+def time_alternately(fns, device, repeats, warmup, refill_ms=0.0, setups=None):
     """Times several calls in turn, one sample of each per round, warmup rounds first;
     returns one Samples per call. A change in the machine's load during the run then
     reaches every call alike, so their ratio is steadier than from separate runs.
@@ -72,17 +72,31 @@ def time_alternately(fns, device, repeats, warmup, refill_ms=0.0):
     the caches as its own calls leave them, the steady state of a loop of steps and
     what torch.utils.benchmark's repeated calls measure, not as the other fns left
     them: for a step over a few tens of MB, one call before it is not enough.
+
+    setups: None, or one entry per fn, None or a callable run untimed before each of
+    that fn's calls (as time_call's setup).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
+    if setups is None:
+        setups = [None] * len(fns)
+    if len(setups) != len(fns):
+        raise ValueError(f"setups must hold one entry per fn: {len(fns)} fns, "
+                         f"{len(setups)} setups")
     ms = [[] for _ in fns]
     last = [0.0 for _ in fns]  # each fn's latest call, ms
+
+    def prepared_call(j):
+        if setups[j] is not None:
+            setups[j]()
+        return _time_once(fns[j], device)
+
     for i in range(warmup + repeats):
-        for j, fn in enumerate(fns):
+        for j in range(len(fns)):
             refilled = 0.0
             while last[j] < refill_ms and refilled < refill_ms:
-                refilled += _time_once(fn, device)
-            last[j] = _time_once(fn, device)
+                refilled += prepared_call(j)
+            last[j] = prepared_call(j)
             if i >= warmup:
                 ms[j].append(last[j])
     return [Samples(tuple(m)) for m in ms]

@@ -1,11 +1,15 @@
-"""The end of an accumulation window, timed alone.
+"""The end of an accumulation window, ours and torch's timed in turns.
 
 Each sample first runs a window's micro-batches untimed (forward and backward of a
 model holding the params), then times only what ends the window:
 torch: clip_grad_norm_(foreach) + AdamW(fused=True).step() + zero_grad(set_to_none=False);
 ours: GradAccumulator.step() on the last micro-batch (norm pass + fused step pass that
-also zeroes the grads).
+also zeroes the grads). Each steps its own copy of the params, so the two can be timed
+alternately (timing.time_alternately) and a change in the machine's speed reaches both.
 """
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -14,7 +18,7 @@ import fused_accum
 from .memory import peak_extra_bytes
 from .results import Row
 from .roofline import adam_bytes
-from .timing import time_call
+from .timing import time_alternately
 from .variants import LR, OURS, WEIGHT_DECAY
 
 MICRO_BATCHES = 2  # the window's length does not change the cost of its end
@@ -35,15 +39,29 @@ class ParamModel(torch.nn.Module):
         return sum(p.sum() for p in self.params)
 
 
-def _measure(end_window, setup, params, settings, name):
-    samples = time_call(end_window, settings.device, settings.repeats, settings.warmup,
-                        setup=setup)
-    setup()
-    peak = peak_extra_bytes(end_window, settings.device)
-    return Row(name, samples, adam_bytes(params, WINDOW_STREAMS), peak)
+@dataclass
+class WindowEnd:
+    """One implementation's window end, ready to time."""
+    name: str
+    end_window: Callable   # the timed call
+    micro_batches: Callable  # run untimed before each call: fills the window
+    close: Callable        # hands the params back without grads or hooks
 
 
-def torch_window(params, settings):
+def time_window_ends(ends, params, settings):
+    """Rows of the window ends in `ends`, timed alternately over same-sized param sets."""
+    timed = time_alternately([e.end_window for e in ends], settings.device, settings.repeats,
+                             settings.warmup, setups=[e.micro_batches for e in ends])
+    rows = []
+    for end, samples in zip(ends, timed):
+        end.micro_batches()
+        peak = peak_extra_bytes(end.end_window, settings.device)
+        rows.append(Row(end.name, samples, adam_bytes(params, WINDOW_STREAMS), peak))
+    return rows
+
+
+def torch_window(params):
+    """torch's best recipe's window end."""
     model = ParamModel(params)
     optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
 
@@ -56,13 +74,12 @@ def torch_window(params, settings):
         optimizer.step()
         optimizer.zero_grad(set_to_none=False)
 
-    row = _measure(end_window, micro_batches, params, settings, "torch fused")
-    optimizer.zero_grad(set_to_none=True)  # hand the params back as they came
-    return row
+    return WindowEnd("torch fused", end_window, micro_batches,
+                     lambda: optimizer.zero_grad(set_to_none=True))
 
 
-def ours_window(params, settings):
-    """Row of GradAccumulator's window end."""
+def ours_window(params):
+    """GradAccumulator's window end."""
     model = ParamModel(params)
     optimizer = fused_accum.FusedAdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
     accumulator = fused_accum.GradAccumulator(optimizer, steps=MICRO_BATCHES,
@@ -79,9 +96,9 @@ def ours_window(params, settings):
         if not accumulator.step():
             raise RuntimeError("GradAccumulator.step() did not complete the window")
 
-    try:
-        return _measure(end_window, micro_batches_but_last_step, params, settings, OURS)
-    finally:
+    def close():
         accumulator.remove()
         for p in params:
             p.grad = None
+
+    return WindowEnd(OURS, end_window, micro_batches_but_last_step, close)
