@@ -60,6 +60,13 @@ def test_quick_run_writes_json_with_default_scenarios(tmp_path):
         assert fp32["bytes_per_call"] == 2 * bf16["bytes_per_call"]
         assert fp32["speedup_of_ours"] == pytest.approx(fp32["median_ms"] / bf16["median_ms"])
         assert bf16["speedup_of_ours"] is None
+    window = next(t for t in tables if t["scenario"] == "window")
+    assert [r["variant"] for r in window["rows"]] == ["ours", "torch fused"]
+    ours_end, torch_end = window["rows"]
+    # timed in the same turns: one roofline for both, ours' own row for the speedup
+    assert ours_end["roofline_gbps"] == torch_end["roofline_gbps"] == window["roofline_gbps"]
+    assert torch_end["speedup_of_ours"] == pytest.approx(torch_end["median_ms"]
+                                                         / ours_end["median_ms"])
     assert result["meta"]["quick"] is True
     # The file is what `python -m fused_accum.bench.spread` reads. Given it twice, the
     # headline's torch fused ratio is its own min, median and max over the two "runs".

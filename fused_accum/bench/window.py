@@ -48,15 +48,22 @@ class WindowEnd:
     close: Callable        # hands the params back without grads or hooks
 
 
-def time_window_ends(ends, params, settings):
-    """Rows of the window ends in `ends`, timed alternately over same-sized param sets."""
-    timed = time_alternately([e.end_window for e in ends], settings.device, settings.repeats,
-                             settings.warmup, setups=[e.micro_batches for e in ends])
+def time_window_ends(ends, params, settings, roofline=None):
+    """Rows of the window ends in `ends`, timed alternately over same-sized param sets.
+
+    `roofline`: None, or flat_stream_call's (call, bytes per call, bytes held), timed in
+    the same turns, which gives every row its roofline."""
+    calls = [e.end_window for e in ends] + ([] if roofline is None else [roofline[0]])
+    setups = [e.micro_batches for e in ends] + ([] if roofline is None else [None])
+    timed = time_alternately(calls, settings.device, settings.repeats, settings.warmup,
+                             setups=setups)
+    row_roofline = None if roofline is None else roofline[1] / timed[-1].median / 1e6
     rows = []
     for end, samples in zip(ends, timed):
         end.micro_batches()
         peak = peak_extra_bytes(end.end_window, settings.device)
-        rows.append(Row(end.name, samples, adam_bytes(params, WINDOW_STREAMS), peak))
+        rows.append(Row(end.name, samples, adam_bytes(params, WINDOW_STREAMS), peak,
+                        row_roofline))
     return rows
 
 
