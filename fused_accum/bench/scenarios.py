@@ -19,7 +19,7 @@ from .results import Row, Table
 from .roofline import (ADAM_STREAMS, adam_bytes, copy_kernel, flat_stream_call,
                        flat_stream_kernel, roofline_gbps)
 from .tensors import make_params, nbytes, set_bytes
-from .timing import time_alternately, time_call
+from .timing import time_alternately
 from .variants import ADAM_L2, ADAMW, OURS, peers_skipped_reason, variants
 from .window import WINDOW_STREAMS, ours_window, time_window_ends, torch_window
 

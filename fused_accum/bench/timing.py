@@ -43,23 +43,9 @@ class Samples:
         return statistics.quantiles(self.ms, n=4, method="inclusive")
 
 
-def time_call(fn, device, repeats, warmup, setup=None):
-    """Runs `setup(); fn()` warmup + repeats times; times only fn.
-
-    `setup` prepares each call untimed (for example refilling gradients that the
-    timed call zeroes). On CUDA each sample is bracketed by events after a
-    synchronize, so queued setup work is not counted and fn's kernels are.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}")
-    ms = []
-    for i in range(warmup + repeats):
-        if setup is not None:
-            setup()
-        elapsed = _time_once(fn, device)
-        if i >= warmup:
-            ms.append(elapsed)
-    return Samples(tuple(ms))
+def time_call(fn, device, repeats, warmup):
+    """Times fn alone: warmup + repeats calls, one sample per call after the warm-up."""
+    return time_alternately([fn], device, repeats, warmup)[0]
 
 
 def time_alternately(fns, device, repeats, warmup, refill_ms=0.0, setups=None):
@@ -74,7 +60,9 @@ def time_alternately(fns, device, repeats, warmup, refill_ms=0.0, setups=None):
     them: for a step over a few tens of MB, one call before it is not enough.
 
     setups: None, or one entry per fn, None or a callable run untimed before each of
-    that fn's calls (as time_call's setup).
+    that fn's calls (a window's micro-batches, say). On CUDA each sample is bracketed
+    by events after a synchronize, so queued setup work is not counted and fn's
+    kernels are.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
