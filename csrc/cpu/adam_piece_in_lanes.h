@@ -50,12 +50,15 @@ void adam_piece_in_lanes(const FloatOp& float_op, const RowPointers<P, G>& row, 
   P* __restrict__ exp_avg_sq_at = row.exp_avg_sq;
   P* __restrict__ max_exp_avg_sq_at = row.max_exp_avg_sq;
   const RowPointers<P, G> following = next != nullptr ? *next : RowPointers<P, G>{};
+  const int64_t ahead = prefetch_bytes_for((end - begin) * static_cast<int64_t>(sizeof(P)));
   const auto step_lanes = [&](int64_t i, auto lanes) {
-    prefetch_ahead(param_at, i, end, following.param);
-    prefetch_ahead(grad_at, i, end, following.grad);
-    prefetch_ahead(exp_avg_at, i, end, following.exp_avg);
-    prefetch_ahead(exp_avg_sq_at, i, end, following.exp_avg_sq);
-    if constexpr (AMSGRAD) prefetch_ahead(max_exp_avg_sq_at, i, end, following.max_exp_avg_sq);
+    prefetch_ahead(param_at, i, end, following.param, ahead);
+    prefetch_ahead(grad_at, i, end, following.grad, ahead);
+    prefetch_ahead(exp_avg_at, i, end, following.exp_avg, ahead);
+    prefetch_ahead(exp_avg_sq_at, i, end, following.exp_avg_sq, ahead);
+    if constexpr (AMSGRAD) {
+      prefetch_ahead(max_exp_avg_sq_at, i, end, following.max_exp_avg_sq, ahead);
+    }
     FloatLanes param = load_lanes(param_at + i, lanes);
     FloatLanes grad = load_lanes(grad_at + i, lanes);
     FloatLanes exp_avg = load_lanes(exp_avg_at + i, lanes);
