@@ -18,7 +18,7 @@ constexpr int64_t kCacheLineBytes = 64;
 // the hardware prefetchers, which train anew on each tensor, so the hint carries
 // more of the latency. Measured over 2-8 alternating rounds of float32 AdamW steps,
 // 2 KB against 3 KB ahead (ms):
-//   2000 x 4 KB  0.62 / 0.58, 0.80 / 0.75    1000 x 32 KB  1.91 / 1.78
+//   2000 x 4 KB  0.61 / 0.58, 0.80 / 0.75    1000 x 32 KB  1.91 / 1.78
 //   500 x 64 KB  1.73 / 1.55                 300 x 256 KB  4.17 / 4.22
 //   150 x 512 KB 4.20 / 4.45                 GPT-2-small   28.2 / 29.6
 // Below 3 KB the hint reaches past the next tensor, where only the allocator decides
