@@ -28,8 +28,8 @@ constexpr const char* kOp = "fused_accum_bench.stream_roofline_";
 // Each output depends on its own old value and on g, so no load or store can be
 // dropped; one add per stream keeps the loop memory-bound. T is a loop storage
 // type (vectorizable_storage.h), so bfloat16 vectorises as in the real step. It
-// prefetches as the Adam loop does (prefetch.h): without, the step would beat
-// its own yardstick.
+// prefetches as the Adam loop does over large tensors (prefetch.h): without, the
+// step would beat its own yardstick.
 template <typename T>
 void stream_piece(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m,
                   T* __restrict__ v, int64_t begin, int64_t end) {
