@@ -15,7 +15,7 @@ class Row:
     samples: object            # timing.Samples
     bytes_per_call: int        # nominal memory traffic of one call
     peak_extra_bytes: int = None
-    roofline_gbps: float = None  # CPU step tables: the roofline timed alternately with this row
+    roofline_gbps: float = None  # CPU step and window tables: the roofline timed in its turns
     ours_beside_ms: float = None  # step tables: ours' median, timed alternately with this row
 
     @property
@@ -24,7 +24,7 @@ class Row:
 
     @property
     def gbps(self):
-        return self.bytes_per_call / self.median_ms / 1e6
+        return self.samples.gbps(self.bytes_per_call)
 
 
 @dataclass

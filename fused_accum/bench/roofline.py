@@ -54,7 +54,7 @@ def cuda_copy_gbps(device, repeats, warmup):
     _keep_busy(lambda: dst.copy_(src), device, _CUDA_BUSY_SECONDS)
     del dst
     samples, moved = copy_kernel([src], repeats, warmup)
-    return moved / samples.median / 1e6
+    return samples.gbps(moved)
 
 
 def _keep_busy(fn, device, seconds):
@@ -91,4 +91,4 @@ def roofline_gbps(params, repeats, warmup):
     if device.type == "cuda":
         return cuda_copy_gbps(device, repeats, warmup)
     samples, moved = flat_stream_kernel(params, repeats, warmup)
-    return moved / samples.median / 1e6
+    return samples.gbps(moved)

@@ -121,7 +121,7 @@ def _time_variant(table, variant, params, settings, roofline=None, ours=None, sh
         ([] if ours is None else [ours.step])
     timed = time_alternately(calls, settings.device, settings.repeats, settings.warmup,
                              refill_ms=_REFILL_MS)
-    row_roofline = None if roofline is None else roofline[1] / timed[0].median / 1e6
+    row_roofline = None if roofline is None else timed[0].gbps(roofline[1])
     samples = timed[0 if roofline is None else 1]
     ours_beside = None if ours is None else timed[-1].median
     peak = peak_extra_bytes(optimizer.step, settings.device)

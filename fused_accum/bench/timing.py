@@ -28,6 +28,10 @@ class Samples:
     def q3(self):
         return self._quartiles()[2]
 
+    def gbps(self, bytes_per_call):
+        """GB/s of moving bytes_per_call in the median time."""
+        return bytes_per_call / self.median / 1e6
+
     @property
     def min(self):
         return min(self.ms)

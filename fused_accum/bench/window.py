@@ -57,7 +57,7 @@ def time_window_ends(ends, params, settings, roofline=None):
     setups = [e.micro_batches for e in ends] + ([] if roofline is None else [None])
     timed = time_alternately(calls, settings.device, settings.repeats, settings.warmup,
                              setups=setups)
-    row_roofline = None if roofline is None else roofline[1] / timed[-1].median / 1e6
+    row_roofline = None if roofline is None else timed[-1].gbps(roofline[1])
     rows = []
     for end, samples in zip(ends, timed):
         end.micro_batches()
