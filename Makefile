@@ -1,22 +1,32 @@
 # `make bench` and `make test` work on a machine with only Python and pip: they create
 # a virtual environment in .venv, install torch and the build tools, build the
 # extension, then run the benchmark or the tests.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export MAX_JOBS ?= 2
 
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f)
+# numpy: torch tries to load it when it is imported and warns when it is missing.
+DEPS := torch numpy pybind11 ninja setuptools wheel pytest hypothesis expecttest
+# ninja prints one `[n/m] <compiler command>` line per file it compiles; shown as
+# `[n/m] csrc/<file>`.
+SHORT_NINJA_LINES := sed -u -E -e 's/^( *\[[0-9]+\/[0-9]+\]) .* -c ([^ ]+) .*/\1 \2/' \
+	-e 's|^( *\[[0-9]+/[0-9]+\]) $(CURDIR)/|\1 |'
 
 .PHONY: install bench test clean
 
-$(VENV)/.deps:
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install torch pybind11 ninja setuptools wheel pytest hypothesis expecttest
+# Reruns when this file changes (a package added to DEPS); pip skips what is installed.
+$(VENV)/.deps: Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(DEPS)
 	touch $@
 
-$(VENV)/.built: $(VENV)/.deps $(SOURCES)
-	$(PY) -m pip install --no-build-isolation -e .
+# pip -v streams the build's output, ninja's progress lines included; without it pip
+# shows only "still running..." for the minutes a build takes.
+$(VENV)/.built: $(SOURCES) | $(VENV)/.deps
+	set -o pipefail; $(PY) -m pip install -v --no-build-isolation -e . 2>&1 | $(SHORT_NINJA_LINES)
 	touch $@
 
 install: $(VENV)/.built
