@@ -1,93 +1,176 @@
-"""Tests of `python -m fused_accum.bench`: it runs, its JSON has the expected
-tables with positive timings, and its tables and timing rules hold. No assertions
-on speed."""
+"""Unit tests of `python -m fused_accum.bench`: its tables, its documents, its JSON
+checker and its timing rules, on synthetic results or tiny sets. No assertions on speed.
+The whole quick benchmark runs once in CI (.ci/run), which checks the JSON it writes
+with `python -m fused_accum.bench.check_json`."""
 
+import copy
 import dataclasses
 import json
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
 import fused_accum
-from fused_accum.bench import scenarios, shapes
+from fused_accum.bench import __main__ as bench_main
+from fused_accum.bench import check_json, report, scenarios, shapes
 from fused_accum.bench.__main__ import parse_args
-from fused_accum.bench.report import HEADER, cells
+from fused_accum.bench.report import cells
 from fused_accum.bench.results import Row, Table
 from fused_accum.bench.tensors import make_params, nbytes
 from fused_accum.bench.timing import Samples, time_alternately
 from fused_accum.bench.variants import ADAMW, Variant, share_moments_with_deepspeed, variants
 
-DEFAULT_SCENARIOS = {"roofline", "step", "dtypes", "small", "window"}
+
+def _table(scenario, title, rows, **kwargs):
+    table = Table(scenario=scenario, title=title, shape_set="s", params=1_000_000,
+                  tensors=10, dtype="float32", device="cpu", **kwargs)
+    table.rows = rows
+    return table
 
 
-def run_bench(*args):
-    return subprocess.run([sys.executable, "-m", "fused_accum.bench", *args],
-                          capture_output=True, text=True, timeout=600)
+def _step_table(title="Headline: one AdamW step, s"):
+    return _table("step", title, [
+        Row("ours", Samples((1.0, 1.1, 1.2)), 28e6, 0, roofline_gbps=30.0),
+        Row("torch for-loop", Samples((8.0, 9.0, 10.0)), 28e6, 0, roofline_gbps=30.0,
+            ours_beside_ms=1.2),
+        Row("torch foreach", Samples((6.0, 6.5, 7.0)), 28e6, 0, roofline_gbps=28.0,
+            ours_beside_ms=1.0),
+        Row("torch fused", Samples((1.3, 1.4, 1.5)), 28e6, 0, roofline_gbps=29.0,
+            ours_beside_ms=1.1),
+    ], roofline_gbps=29.5)
 
 
-def test_quick_run_writes_json_with_default_scenarios(tmp_path):
-    out = tmp_path / "bench.json"
-    proc = run_bench("--quick", "--json", str(out))
-    assert proc.returncode == 0, proc.stderr
-    assert "Headline: one AdamW step" in proc.stdout
-    result = json.loads(out.read_text())
-    tables = result["tables"]
-    assert {t["scenario"] for t in tables} == DEFAULT_SCENARIOS
-    for table in tables:
-        assert table["rows"], f"{table['title']} has no rows: {table['notes']}"
-        for row in table["rows"]:
-            assert row["median_ms"] > 0 and row["gb_per_s"] > 0, (table["title"], row)
-            assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
-    step = next(t for t in tables if t["scenario"] == "step")
-    variants = [r["variant"] for r in step["rows"]]
-    assert variants == ["ours", "torch for-loop", "torch foreach", "torch fused"]
-    assert step["roofline_gbps"] > 0
-    assert all(r["speedup_of_ours"] > 0 for r in step["rows"][1:])
-    for r in step["rows"][1:]:  # each timed alternately with ours and with the roofline
-        assert r["speedup_of_ours"] == pytest.approx(r["median_ms"] / r["ours_beside_ms"])
-        assert r["roofline_fraction"] == pytest.approx(r["gb_per_s"] / r["roofline_gbps"])
-    dtypes = [t for t in tables if t["scenario"] == "dtypes"]
-    assert [t["title"].split(": one ")[1].split(" step")[0] for t in dtypes] == ["AdamW",
-                                                                              "Adam+L2"]
-    for table in dtypes:
-        assert [r["variant"] for r in table["rows"]] == ["ours float32", "ours bfloat16"]
-        assert table["reference"] == "ours bfloat16"
-        fp32, bf16 = table["rows"]
-        # bfloat16 moves half the bytes; the ratio is the float32 row's time over bf16's
-        assert fp32["bytes_per_call"] == 2 * bf16["bytes_per_call"]
-        assert fp32["speedup_of_ours"] == pytest.approx(fp32["median_ms"] / bf16["median_ms"])
-        assert bf16["speedup_of_ours"] is None
-    window = next(t for t in tables if t["scenario"] == "window")
-    assert [r["variant"] for r in window["rows"]] == ["ours", "torch fused"]
-    ours_end, torch_end = window["rows"]
-    # timed in the same turns: one roofline for both, ours' own row for the speedup
-    assert ours_end["roofline_gbps"] == torch_end["roofline_gbps"] == window["roofline_gbps"]
-    assert torch_end["speedup_of_ours"] == pytest.approx(torch_end["median_ms"]
-                                                         / ours_end["median_ms"])
-    assert result["meta"]["quick"] is True
-    # The file is what `python -m fused_accum.bench.spread` reads. Given it twice, the
-    # headline's torch fused ratio is its own min, median and max over the two "runs".
-    spread = subprocess.run([sys.executable, "-m", "fused_accum.bench.spread", str(out),
-                             str(out)], capture_output=True, text=True, timeout=120)
-    assert spread.returncode == 0, spread.stderr
-    headline = next(t for t in tables if t["title"].startswith("Headline"))
-    fused = next(r for r in headline["rows"] if r["variant"] == "torch fused")
-    lines = spread.stdout.splitlines()
-    fused_line = next(line for line in lines[lines.index(headline["title"]):]
-                      if line.startswith("torch fused "))
-    assert fused_line.split()[2:6] == ["2"] + [f"{fused['speedup_of_ours']:.2f}"] * 3
+def _dtypes_table(algorithm="AdamW", fp32_ms=2.0, bf16_ms=1.0):
+    return _table("dtypes", f"ours, float32 against bfloat16 storage: one {algorithm} step",
+                  [Row("ours float32", Samples((fp32_ms,)), 28e6, 0),
+                   Row("ours bfloat16", Samples((bf16_ms,)), 14e6, 0)],
+                  reference="ours float32")
 
 
-def test_named_scenario_and_markdown(tmp_path):
-    md = tmp_path / "bench.md"
-    proc = run_bench("--quick", "--scenario", "scaling", "--dtype", "bfloat16",
-                     "--repeats", "1", "--markdown", str(md))
-    assert proc.returncode == 0, proc.stderr
+def _default_set():
+    """Synthetic tables of every scenario of the default set, as a run returns them."""
+    roofline = _table("roofline", "memory roofline", [
+        Row("stream_roofline_ (7 streams)", Samples((1.0,)), 28e6),
+        Row("copy (2 streams)", Samples((0.5,)), 8e6)], roofline_gbps=28.0)
+    small = _step_table("one AdamW step, 2000x1024")
+    small.scenario = "small"
+    window = _table("window", "end of an accumulation window", [
+        Row("ours", Samples((1.5,)), 36e6, 0, roofline_gbps=30.0),
+        Row("torch fused", Samples((3.0,)), 36e6, 0, roofline_gbps=30.0)],
+        roofline_gbps=30.0)
+    return [roofline, _step_table(), _dtypes_table("AdamW"), _dtypes_table("Adam+L2"),
+            small, window]
+
+
+def _run_dict(tables, argv=("--quick",)):
+    return json.loads(json.dumps(dict(
+        meta=dict(argv=list(argv), quick="--quick" in argv),
+        tables=[t.to_dict() for t in tables])))
+
+
+def _by_header(table):
+    header, rows = cells(table)
+    return [dict(zip(header, row)) for row in rows]
+
+
+def test_dtypes_ratio_sits_in_the_bfloat16_row():
+    """The row that is faster or slower carries the ratio, under a header that says
+    what it compares with: bfloat16 1.60x faster than float32, in bfloat16's row."""
+    fp32, bf16 = _by_header(_dtypes_table(fp32_ms=1.6, bf16_ms=1.0))
+    assert fp32["faster than ours float32 by"] == "-"
+    assert bf16["faster than ours float32 by"] == "1.60x"
+    # Slower reads below 1, still in the bfloat16 row.
+    _, bf16 = _by_header(_dtypes_table(fp32_ms=0.5, bf16_ms=1.0))
+    assert bf16["faster than ours float32 by"] == "0.50x"
+
+
+def test_columns_no_row_fills_are_left_out():
+    header, _ = cells(_dtypes_table())
+    assert header == ("variant", "median ms", "IQR ms", "GB/s",
+                      "faster than ours float32 by", "peak extra MB")
+    header, _ = cells(_step_table())
+    assert header == ("variant", "median ms", "IQR ms", "GB/s", "of roofline",
+                      "ours in turn ms", "ours faster by", "peak extra MB")
+
+
+def test_text_report_ends_with_a_short_legend():
+    text = report.text(_default_set())
+    legend = text[text.index(report.LEGEND_TITLE):].splitlines()
+    assert 4 <= len(legend) <= 10
+    assert all(len(line) <= 120 for line in legend)
+    for column in ("median ms", "of roofline", "ours faster by", "faster than X by"):
+        assert any(line.strip().startswith(column) for line in legend[1:]), column
+
+
+def test_markdown_document_is_whole_and_replaced_each_run(tmp_path, monkeypatch, capsys):
+    """--markdown writes the whole of docs/benchmarks.md: the command that made it, the
+    machine, the methodology, the tables and the legend; a second run replaces it."""
+    monkeypatch.setattr(bench_main, "DEFAULT", (lambda settings: _default_set(),))
+    md, js = tmp_path / "benchmarks.md", tmp_path / "run.json"
+    for _ in range(2):
+        bench_main.main(["--quick", "--markdown", str(md), "--json", str(js)])
     text = md.read_text()
-    assert "| variant | median ms |" in text and "bfloat16" in text
+    assert text.count("# Benchmarks") == 1
+    words = " ".join(text.split())  # paragraphs are filled to a width
+    assert "Generated by `python -m fused_accum.bench --markdown docs/benchmarks.md`" in words
+    assert f"- command: `python -m fused_accum.bench --quick --markdown {md} --json {js}`" \
+        in words
+    for heading in ("## This run", "## What is measured", "## How it is timed",
+                    "## The roofline", "## Columns", "## Tables", "## Legend"):
+        assert f"\n{heading}\n" in text, heading
+    assert "| ours bfloat16 |" in text and "| faster than ours float32 by |" in text
+    assert "Headline: one AdamW step" in capsys.readouterr().out
+    run = json.loads(js.read_text())
+    assert run["meta"]["quick"] is True and run["meta"]["argv"][0] == "--quick"
+    assert check_json.problems_of(run) == []
+
+
+def test_check_json_accepts_a_consistent_default_run(tmp_path, capsys):
+    path = tmp_path / "run.json"
+    report.write_json(path, _default_set(), meta=dict(argv=["--quick"], quick=True))
+    assert check_json.main([str(path)]) == 0
+    assert "6 tables checked" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("break_run, message", [
+    (lambda run: run["tables"].pop(), "scenarios ['dtypes', 'roofline', 'small', 'step'], "
+                                      "expected"),
+    (lambda run: run["tables"][1]["rows"].clear(), "Headline: one AdamW step, s: no rows"),
+    (lambda run: run["tables"][1]["rows"][3].update(ratio=2.0),
+     "torch fused: ratio 2.0, expected its median / ours' median in its turns"),
+    (lambda run: run["tables"][1]["rows"].pop(3), "expected ['ours', 'torch for-loop', "
+                                                  "'torch foreach', 'torch fused'] first"),
+    (lambda run: run["tables"][2]["rows"][0].update(median_ms=3.0, max_ms=3.0),
+     "ratio not float32's median / bfloat16's, in the bfloat16 row"),
+    (lambda run: run["tables"][5]["rows"][1].update(roofline_gbps=31.0),
+     "the two window ends have different rooflines"),
+    (lambda run: run["tables"][0]["rows"][0].update(median_ms=0.0, min_ms=0.0),
+     "memory roofline: stream_roofline_ (7 streams): median 0.0 ms"),
+    (lambda run: run["meta"].update(quick=False), "meta: quick is False"),
+])
+def test_check_json_names_what_is_wrong(break_run, message):
+    run = _run_dict(_default_set())
+    assert check_json.problems_of(copy.deepcopy(run)) == []
+    break_run(run)
+    problems = check_json.problems_of(run)
+    assert any(message in p for p in problems), problems
+
+
+def test_check_json_expects_the_scenarios_the_run_was_asked_for():
+    run = _run_dict([_dtypes_table()], argv=["--scenario", "dtypes", "--repeats", "1"])
+    assert check_json.problems_of(run) == []
+    run = _run_dict([_dtypes_table()], argv=["--scenario", "headline", "dtypes"])
+    assert any("expected ['dtypes', 'step']" in p for p in check_json.problems_of(run))
+
+
+def test_check_json_refuses_a_file_the_benchmark_did_not_write(tmp_path, capsys):
+    path = tmp_path / "other.json"
+    path.write_text('{"meta": {}}')
+    with pytest.raises(SystemExit) as exit_info:
+        check_json.main([str(path)])
+    assert exit_info.value.code == 2
+    assert "not a `python -m fused_accum.bench --json` file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -110,7 +193,7 @@ def test_step_table_shows_the_ours_median_each_speedup_divides_by():
                   dtype="float32", device="cpu")
     table.rows = [Row("ours", Samples((50.0, 51.0, 52.0)), 28),
                   Row("torch fused", Samples((31.0, 31.5, 32.0)), 28, ours_beside_ms=28.0)]
-    ours, fused = (dict(zip(HEADER, row)) for row in cells(table))
+    ours, fused = _by_header(table)
     assert ours["ours in turn ms"] == "-" and ours["ours faster by"] == "-"
     assert fused["ours in turn ms"] == "28.0"
     assert fused["ours faster by"] == "1.12x"  # 31.5 / 28.0, not 31.5 / 51.0

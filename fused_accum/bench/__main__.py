@@ -3,18 +3,21 @@
 With no arguments, runs the default set (the roofline, the headline AdamW step table
 on GPT-2-small shapes, our float32 step against our bfloat16 one, small tensors, the
 end of an accumulation window) and prints text tables on stdout, progress on stderr.
+`--markdown docs/benchmarks.md` writes the whole of that file: methodology and tables.
 """
 
 import argparse
+import datetime
 import os
 import platform
 import sys
+import time
 
 import torch
 
 import fused_accum
 
-from . import report
+from . import document, report
 from .progress import Progress
 from .scenarios import DEFAULT, SCENARIOS, Settings
 
@@ -52,7 +55,9 @@ def parse_args(argv=None):
     parser.add_argument("--peers", action="store_true",
                         help="also time DeepSpeedCPUAdam when deepspeed is importable")
     parser.add_argument("--json", metavar="PATH", help="write all results as JSON")
-    parser.add_argument("--markdown", metavar="PATH", help="write markdown tables (README)")
+    parser.add_argument("--markdown", metavar="PATH",
+                        help="write the whole of docs/benchmarks.md (methodology, this run's "
+                             "machine and tables) to PATH, replacing it")
     parser.add_argument("--plot", metavar="PATH.png", help="write a plot (needs matplotlib)")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, a few seconds: a smoke run for CI")
@@ -109,24 +114,40 @@ def _cpu_model():
     return platform.processor() or platform.machine()
 
 
-def meta(args, settings):
+def _memory_gib():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20)
+    except OSError:
+        pass
+    return None
+
+
+def meta(argv, settings, started, wall_s):
     return dict(
-        argv=sys.argv[1:], torch=torch.__version__, fused_accum=fused_accum.build_info(),
+        argv=list(argv), torch=torch.__version__, fused_accum=fused_accum.build_info(),
         device=str(settings.device), threads=torch.get_num_threads(),
-        cpu=_cpu_model(), quick=settings.quick,
-        repeats=settings.repeats, warmup=settings.warmup,
+        cpu=_cpu_model(), logical_cpus=os.cpu_count(), memory_gib=_memory_gib(),
+        quick=settings.quick, repeats=settings.repeats, warmup=settings.warmup,
+        date=started.strftime("%Y-%m-%d %H:%M"), wall_s=wall_s,
         cuda_device=torch.cuda.get_device_name() if settings.device.type == "cuda" else None)
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    start = time.monotonic()
     settings, tables = run(args)
+    run_meta = meta(argv, settings, started, time.monotonic() - start)
     print(report.text(tables))
     if args.json:
-        report.write_json(args.json, tables, meta(args, settings))
+        report.write_json(args.json, tables, run_meta)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(report.markdown(tables))
+            f.write(document.markdown(tables, run_meta))
     if args.plot:
         from .plot import write_plot
         write_plot(args.plot, tables)

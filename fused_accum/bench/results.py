@@ -1,6 +1,6 @@
 """Results of a run: one Table per measured configuration, one Row per variant.
 
-Derived numbers (GB/s, fraction of the roofline, speedup of ours) are computed here,
+Derived numbers (GB/s, fraction of the roofline, each row's ratio) are computed here,
 once, so the text table, the markdown table, the JSON and the plot agree.
 """
 
@@ -38,8 +38,18 @@ class Table:
     device: str
     roofline_gbps: float = None
     rows: list = field(default_factory=list)
-    reference: str = OURS  # the row the "ours faster by" column divides by
+    # The row every other row's ratio compares with. Ours: the ratio in a row is how
+    # many times faster ours is than that row. Another row (the dtypes tables' float32
+    # one): how many times faster the row is than the reference.
+    reference: str = OURS
     notes: list = field(default_factory=list)
+
+    @property
+    def ratio_column(self):
+        """The header of the ratio column, which says which way the ratio reads."""
+        if self.reference == OURS:
+            return "ours faster by"
+        return f"faster than {self.reference} by"
 
     def row(self, variant):
         return next((r for r in self.rows if r.variant == variant), None)
@@ -50,21 +60,24 @@ class Table:
             return None
         return row.gbps / roofline
 
-    def speedup_of_ours(self, row):
-        """How many times faster the reference row (ours) is than `row` (None for the
-        reference itself, or without it)."""
-        ours = self.row(self.reference)
-        if ours is None or row is ours:
+    def ratio(self, row):
+        """The ratio shown in `row` (see ratio_column); None for the reference row
+        itself, or when the table has no reference row."""
+        reference = self.row(self.reference)
+        if reference is None or row is reference:
             return None
-        if row.ours_beside_ms is not None:  # set in step tables, whose reference is ours
+        if self.reference != OURS:
+            return reference.median_ms / row.median_ms
+        if row.ours_beside_ms is not None:  # step tables: ours timed in this row's turns
             return row.median_ms / row.ours_beside_ms
-        return row.median_ms / ours.median_ms
+        return row.median_ms / reference.median_ms
 
     def to_dict(self):
         return dict(
             scenario=self.scenario, title=self.title, shape_set=self.shape_set,
             params=self.params, tensors=self.tensors, dtype=self.dtype, device=self.device,
-            roofline_gbps=self.roofline_gbps, reference=self.reference, notes=list(self.notes),
+            roofline_gbps=self.roofline_gbps, reference=self.reference,
+            ratio_column=self.ratio_column, notes=list(self.notes),
             rows=[self._row_dict(r) for r in self.rows])
 
     def _row_dict(self, r):
@@ -74,4 +87,4 @@ class Table:
             max_ms=s.max, samples_ms=list(s.ms), bytes_per_call=r.bytes_per_call,
             gb_per_s=r.gbps, roofline_gbps=r.roofline_gbps, ours_beside_ms=r.ours_beside_ms,
             roofline_fraction=self.roofline_fraction(r),
-            speedup_of_ours=self.speedup_of_ours(r), peak_extra_bytes=r.peak_extra_bytes)
+            ratio=self.ratio(r), peak_extra_bytes=r.peak_extra_bytes)

@@ -19,15 +19,15 @@ from .tensors import nbytes
 from .timing import time_call
 
 ADAM_STREAMS = 7  # read p, g, m, v; write p, m, v
-_CUDA_COPY_BYTES = 1 << 30
+CUDA_COPY_BYTES = 1 << 30
 # An idle GPU runs at a fraction of its clocks until load raises them. A byte-wise
 # 1 GiB copy timed straight away measured an H200 at 1.9 TB/s, where a float32 copy
 # of the step's own tensors reached 3.2 TB/s later in the same run.
-_CUDA_BUSY_SECONDS = 0.5
+CUDA_BUSY_SECONDS = 0.5
 # Past a few hundred MB the bandwidth no longer depends on the size, so larger sets
 # are measured on this many elements: 1 GB of buffers in float32, over three times the
 # development machine's L3, and little enough to hold beside a 1B-param step's state.
-_FLAT_ELEMENTS_CAP = 1 << 26
+FLAT_ELEMENTS_CAP = 1 << 26
 
 
 def _stream_op():
@@ -49,9 +49,9 @@ def copy_kernel(tensors, repeats, warmup):
 
 @functools.lru_cache(maxsize=None)
 def cuda_copy_gbps(device, repeats, warmup):
-    src = torch.empty(_CUDA_COPY_BYTES // 4, dtype=torch.float32, device=device)
+    src = torch.empty(CUDA_COPY_BYTES // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    _keep_busy(lambda: dst.copy_(src), device, _CUDA_BUSY_SECONDS)
+    _keep_busy(lambda: dst.copy_(src), device, CUDA_BUSY_SECONDS)
     del dst
     samples, moved = copy_kernel([src], repeats, warmup)
     return samples.gbps(moved)
@@ -72,8 +72,8 @@ def adam_bytes(params, streams=ADAM_STREAMS):
 
 def flat_stream_call(params):
     """The 7-stream kernel over one buffer per stream of the set's size and dtype
-    (capped at _FLAT_ELEMENTS_CAP), ready to call: (call, bytes per call, bytes held)."""
-    numel = min(sum(p.numel() for p in params), _FLAT_ELEMENTS_CAP)
+    (capped at FLAT_ELEMENTS_CAP), ready to call: (call, bytes per call, bytes held)."""
+    numel = min(sum(p.numel() for p in params), FLAT_ELEMENTS_CAP)
     p, g, m, v = ([torch.zeros(numel, dtype=params[0].dtype, device=params[0].device)]
                   for _ in range(4))
     return (lambda: _stream_op()(p, g, m, v)), adam_bytes(p), 4 * nbytes(p)

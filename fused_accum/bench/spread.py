@@ -12,11 +12,7 @@ import json
 import statistics
 import sys
 
-from .report import aligned, reference_caption
-from .variants import OURS
-
-_HEADER = ("variant", "runs", "ours faster by: min", "median", "max",
-           "of roofline: min", "median", "max")
+from .report import aligned
 
 
 class NotABenchRun(ValueError):
@@ -39,19 +35,19 @@ def load_run(path):
 
 
 def collect(runs):
-    """{table title: {"reference": the row "ours faster by" divides by, "rows":
-    {variant: {"speedup": [...], "roofline": [...]}}}}, in the order first seen; a
+    """{table title: {"ratio_column": what the table's ratio says, "rows":
+    {variant: {"ratio": [...], "roofline": [...]}}}}, in the order first seen; a
     value a run did not measure (None) is left out."""
     out = {}
     for tables in runs:
         for table in tables:
             collected = out.setdefault(
-                table["title"], {"reference": table.get("reference", OURS), "rows": {}})
+                table["title"],
+                {"ratio_column": table.get("ratio_column", "ratio"), "rows": {}})
             rows = collected["rows"]
             for row in table["rows"]:
-                values = rows.setdefault(row["variant"], {"speedup": [], "roofline": []})
-                for key, field in (("speedup", "speedup_of_ours"),
-                                   ("roofline", "roofline_fraction")):
+                values = rows.setdefault(row["variant"], {"ratio": [], "roofline": []})
+                for key, field in (("ratio", "ratio"), ("roofline", "roofline_fraction")):
                     if row.get(field) is not None:
                         values[key].append(row[field])
     return out
@@ -70,17 +66,17 @@ def text(collected):
     for title, table in collected.items():
         body = []
         for variant, values in table["rows"].items():
-            runs = max(len(values["speedup"]), len(values["roofline"]))
+            runs = max(len(values["ratio"]), len(values["roofline"]))
             if runs == 0:
                 continue
-            body.append((variant, str(runs)) + _min_median_max(values["speedup"], ".2f")
+            body.append((variant, str(runs)) + _min_median_max(values["ratio"], ".2f")
                         + _min_median_max(values["roofline"], ".0%"))
         if not body:
             continue
         lines.append(title)
-        if table["reference"] != OURS:
-            lines.append(reference_caption(table["reference"]))
-        lines += aligned([_HEADER] + body)
+        header = ("variant", "runs", f"{table['ratio_column']}: min", "median", "max",
+                  "of roofline: min", "median", "max")
+        lines += aligned([header] + body)
         lines.append("")
     return "\n".join(lines)
 
@@ -88,8 +84,8 @@ def text(collected):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m fused_accum.bench.spread",
-        description="Min, median and max over runs of each 'ours faster by' and 'of "
-                    "roofline' figure, from files written by "
+        description="Min, median and max over runs of each ratio ('ours faster by', "
+                    "'faster than X by') and 'of roofline' figure, from files written by "
                     "`python -m fused_accum.bench --json PATH`.")
     parser.add_argument("runs", nargs="+", metavar="RUN.json")
     args = parser.parse_args(argv)
