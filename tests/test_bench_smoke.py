@@ -13,7 +13,7 @@ import torch
 
 import fused_accum
 from fused_accum.bench import __main__ as bench_main
-from fused_accum.bench import check_json, report, scenarios, shapes
+from fused_accum.bench import check_json, document, report, scenarios, shapes
 from fused_accum.bench.__main__ import parse_args
 from fused_accum.bench.report import cells
 from fused_accum.bench.results import Row, Table
@@ -124,6 +124,19 @@ def test_markdown_document_is_whole_and_replaced_each_run(tmp_path, monkeypatch,
     run = json.loads(js.read_text())
     assert run["meta"]["quick"] is True and run["meta"]["argv"][0] == "--quick"
     assert check_json.problems_of(run) == []
+
+
+def test_summary_quotes_each_ratio_against_the_ours_median_it_was_timed_with():
+    lines = document.summary(_default_set()).splitlines()
+    assert lines[0] == "| comparison | ours ms | theirs ms | ours faster by |"
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in lines[2:]}
+    # torch fused's 1.4 ms against ours' 1.1 in its turns, not ours' own row's 1.1 ms
+    assert rows["AdamW step, s float32, against torch `fused=True`"] == ["1.1", "1.4", "1.27x |"]
+    assert rows["AdamW step, s float32, against torch `foreach=True`"] == ["1", "6.5", "6.50x |"]
+    # bfloat16 twice as fast as float32: the ratio reads as in the dtypes table
+    assert rows["AdamW step, s: ours in bfloat16, against ours in float32"] == ["1", "2",
+                                                                               "2.00x |"]
+    assert len(lines) == 2 + 5  # and the small set's torch fused, and the window end
 
 
 def test_check_json_accepts_a_consistent_default_run(tmp_path, capsys):

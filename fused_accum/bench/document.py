@@ -10,7 +10,7 @@ import textwrap
 from . import report, shapes
 from .roofline import ADAM_STREAMS, CUDA_BUSY_SECONDS, CUDA_COPY_BYTES, FLAT_ELEMENTS_CAP
 from .scenarios import DEFAULT, REFILL_MS
-from .variants import LR, WEIGHT_DECAY
+from .variants import LR, OURS, WEIGHT_DECAY
 from .window import MICRO_BATCHES, WINDOW_STREAMS
 
 COMMAND = "python -m fused_accum.bench --markdown docs/benchmarks.md"
@@ -67,6 +67,43 @@ def _run_section(meta):
         f"{meta.get('warmup', '?')} warm-up round(s)",
     ]
     return _reflow("\n".join(lines))
+
+
+def _summary_row(what, ours_ms, theirs_ms):
+    return (f"| {what} | {report._ms(ours_ms)} | {report._ms(theirs_ms)} | "
+            f"{theirs_ms / ours_ms:.2f}x |")
+
+
+def summary(tables):
+    """The run's headline ratios as one markdown table (the README quotes it): each
+    row's ours ms is ours' median in the turns shared with the other row."""
+    rows = []
+    for table in tables:
+        ours = table.row(OURS)
+        if table.scenario in ("step", "small") and ours is not None:
+            wanted = ("torch fused", "torch foreach") if table.scenario == "step" else \
+                ("torch fused",)
+            for name in wanted:
+                other = table.row(name)
+                if other is not None:
+                    rows.append(_summary_row(
+                        f"AdamW step, {table.shape_set} {table.dtype}, against torch "
+                        f"`{name.split()[1]}=True`",
+                        other.ours_beside_ms or ours.median_ms, other.median_ms))
+        elif (table.scenario == "dtypes" and "one AdamW step" in table.title
+              and len(table.rows) == 2):
+            fp32, bf16 = table.rows
+            rows.append(_summary_row(f"AdamW step, {table.shape_set}: ours in bfloat16, "
+                                     "against ours in float32", bf16.median_ms,
+                                     fp32.median_ms))
+        elif table.scenario == "window" and ours is not None and table.row("torch fused"):
+            rows.append(_summary_row(
+                f"window end, {table.shape_set} {table.dtype}, against torch's "
+                "`clip_grad_norm_` + fused step + `zero_grad`", ours.median_ms, table.row("torch fused").median_ms))
+    if not rows:
+        return ""
+    return "\n".join(["| comparison | ours ms | theirs ms | ours faster by |",
+                      "|---|---:|---:|---:|"] + rows) + "\n"
 
 
 def _methodology():
@@ -173,6 +210,9 @@ def markdown(tables, meta):
                 "(what `make bench` runs) and rewrites this whole file, text and tables, "
                 "from that run. Edit `fused_accum/bench/document.py`, not this file."),
         _run_section(meta),
+        "## Summary",
+        "",
+        summary(tables),
         _methodology(),
         "## Tables",
         "",
