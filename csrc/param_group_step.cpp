@@ -81,13 +81,13 @@ TensorGroup& group_for(std::vector<TensorGroup>& groups, const at::Tensor& param
   return groups.back();
 }
 
-std::string indexed(const char* what, size_t i) {
-  return std::string(what) + "[" + std::to_string(i) + "]";
-}
+// The message names `what`, or what[i] for a list member; built only on failure.
+constexpr size_t kNotInAList = static_cast<size_t>(-1);
 
-const at::Tensor& unpack_tensor(PyObject* obj, const std::string& what) {
+const at::Tensor& unpack_tensor(PyObject* obj, const char* what, size_t i = kNotInAList) {
   if (!THPVariable_Check(obj)) {
-    throw py::type_error(what + " must be a Tensor, got " + Py_TYPE(obj)->tp_name);
+    const std::string index = i == kNotInAList ? "" : "[" + std::to_string(i) + "]";
+    throw py::type_error(what + index + " must be a Tensor, got " + Py_TYPE(obj)->tp_name);
   }
   return THPVariable_Unpack(obj);
 }
@@ -106,13 +106,13 @@ struct StateKeys {
 // state[key] as a tensor; the dict is a param's state, as torch.optim keeps it.
 const at::Tensor& state_tensor(PyObject* state, PyObject* key, size_t i) {
   PyObject* value = PyDict_GetItemWithError(state, key);  // borrowed
-  if (value == nullptr) {
-    if (PyErr_Occurred()) throw py::error_already_set();
-    throw py::key_error("optimizer state of params[" + std::to_string(i) + "] has no '" +
-                        py::str(key).cast<std::string>() + "'");
-  }
-  return unpack_tensor(value, "optimizer state of params[" + std::to_string(i) + "]['" +
-                                  py::str(key).cast<std::string>() + "']");
+  if (value != nullptr && THPVariable_Check(value)) return THPVariable_Unpack(value);
+  if (PyErr_Occurred()) throw py::error_already_set();
+  const std::string where = "optimizer state of params[" + std::to_string(i) + "]";
+  const std::string name = py::str(key).cast<std::string>();
+  if (value == nullptr) throw py::key_error(where + " has no '" + name + "'");
+  throw py::type_error(where + "['" + name + "'] must be a Tensor, got " +
+                       Py_TYPE(value)->tp_name);
 }
 
 // A float or a tensor (moved to the group's device), as the operators take it.
@@ -215,7 +215,7 @@ class ParamGroupPlan {
     states_.reserve(n);
     for (size_t i = 0; i < n; ++i) {
       param_objects_.push_back(params[i]);
-      param_tensors_.push_back(unpack_tensor(params[i].ptr(), indexed("params", i)));
+      param_tensors_.push_back(unpack_tensor(params[i].ptr(), "params", i));
       states_.push_back(states[i]);
     }
   }
@@ -288,7 +288,7 @@ class ParamGroupPlan {
         grad = &param->grad();
       } else {
         PyObject* grad_obj = PyList_GET_ITEM(grads.ptr(), i);
-        if (grad_obj != Py_None) grad = &unpack_tensor(grad_obj, indexed("grads", i));
+        if (grad_obj != Py_None) grad = &unpack_tensor(grad_obj, "grads", i);
       }
       if (grad == nullptr || !grad->defined()) continue;  // torch skips a param without a grad
       if (grad->is_sparse()) {
