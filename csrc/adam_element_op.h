@@ -1,5 +1,5 @@
 // One Adam element as a kernel sees it in storage: convert to the math type,
-// take the gradient (grad_mode.h), update (adam_math.h), store. The CUDA kernel
+// take the gradient, update (adam_math.h), store. The CUDA kernel
 // calls this functor for each element; the CPU build runs the same functor on
 // the host (torch.ops.fused_accum_testing.adam_step_*) so a test can show, bit
 // for bit, that it computes what the CPU kernel computes. Without that test the
@@ -9,9 +9,29 @@
 #include <cfloat>
 
 #include "adam_math.h"
-#include "grad_mode.h"
 
 namespace fused_accum {
+
+// How a step reads the gradient of one element.
+enum class GradSource : int {
+  kPlain = 0,         // g = grad
+  kUnscale = 1,       // g = grad / grad_scale, written back (GradScaler's contract)
+  kWindowBuffer = 2,  // g = buffer * multiplier, buffer zeroed (end of an accumulation window)
+};
+
+// `factor` is grad_scale for kUnscale and the multiplier for kWindowBuffer.
+template <GradSource MODE, typename T, typename G>
+FA_HOST_DEVICE T take_grad(G& grad, T factor) {
+  T g = static_cast<T>(grad);
+  if (MODE == GradSource::kUnscale) {
+    g = g / factor;
+    grad = static_cast<G>(g);
+  } else if (MODE == GradSource::kWindowBuffer) {
+    g = g * factor;
+    grad = static_cast<G>(0);
+  }
+  return g;
+}
 
 // The math type of a storage type: float for float, half and bfloat16; double
 // for double (at::opmath_type, without pulling ATen into device code).
@@ -33,7 +53,7 @@ constexpr ConstantDivision kDivisionFor =
 // DIVISION follows the storage type; the CPU kernel, which steps low-precision
 // storage through float scratch, passes the storage's.
 template <typename P, typename G, DecayMode MODE, bool AMSGRAD, bool MAXIMIZE,
-          GradMode GRAD_MODE, ConstantDivision DIVISION = kDivisionFor<P>>
+          GradSource GRAD_SOURCE, ConstantDivision DIVISION = kDivisionFor<P>>
 struct AdamElementOp {
   using T = typename MathType<P>::type;
   AdamScalars<T> scalars;
@@ -45,7 +65,7 @@ struct AdamElementOp {
     T m = static_cast<T>(exp_avg);
     T v = static_cast<T>(exp_avg_sq);
     T max_v = AMSGRAD ? static_cast<T>(max_exp_avg_sq) : T(0);
-    const T g = take_grad<GRAD_MODE, T>(grad, grad_factor);
+    const T g = take_grad<GRAD_SOURCE, T>(grad, grad_factor);
     adam_update<MODE, AMSGRAD, MAXIMIZE, DIVISION>(p, g, m, v, max_v, scalars);
     param = static_cast<P>(p);
     exp_avg = static_cast<P>(m);
@@ -60,11 +80,14 @@ struct AdamElementOp {
   }
 };
 
-// The grad factor as the CPU kernel rounds it: read as double, then float,
-// then the math type (so float64 params see a float-rounded grad_scale, as in torch).
+// The grad factor in the math type. GradScaler's scale is read as float, as
+// torch's fused kernels read it, float64 params included; a window multiplier is
+// computed in the params' precision (float64 for a float64 model, as
+// clip_grad_norm_ computes its coefficient) and is taken as it is.
 template <typename T>
-FA_HOST_DEVICE T grad_factor_as(double factor) {
-  return static_cast<T>(static_cast<float>(factor));
+FA_HOST_DEVICE T grad_factor_as(double factor, GradSource source) {
+  return source == GradSource::kUnscale ? static_cast<T>(static_cast<float>(factor))
+                                        : static_cast<T>(factor);
 }
 
 FA_HOST_DEVICE bool is_finite_double(double x) { return fabs(x) <= DBL_MAX; }  // false for nan

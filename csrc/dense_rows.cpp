@@ -1,23 +1,15 @@
 #include "dense_rows.h"
 
-#include "parallel_rows.h"
-#include "tensor_list_checks.h"
-
 namespace fused_accum {
 
 namespace {
-
-constexpr int64_t kInPlace = -1;
-constexpr int64_t kToStage = -2;  // only while the constructor runs
 
 bool shares_dense_layout(const std::vector<at::TensorList>& lists, size_t i) {
   const at::Tensor& lead = lists[0][i];
   if (!lead.is_non_overlapping_and_dense()) return false;
   for (size_t k = 1; k < lists.size(); ++k) {
     const at::Tensor& t = lists[k][i];
-    if (!t.is_non_overlapping_and_dense() || !same_extents(t.strides(), lead.strides())) {
-      return false;
-    }
+    if (!t.is_non_overlapping_and_dense() || t.strides() != lead.strides()) return false;
   }
   return true;
 }
@@ -25,23 +17,12 @@ bool shares_dense_layout(const std::vector<at::TensorList>& lists, size_t i) {
 }  // namespace
 
 DenseRows::DenseRows(const std::vector<at::TensorList>& lists,
-                     const std::vector<bool>& mutated, LayoutScan scan)
+                     const std::vector<bool>& mutated)
     : originals_(lists), mutated_(mutated), staged_(lists.size()) {
   const size_t rows = lists.empty() ? 0 : lists[0].size();
-  staged_index_.assign(rows, kInPlace);
-  // The scan only marks the rows to stage: their copies are made, and numbered, in order.
-  const auto scan_rows = [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      if (!shares_dense_layout(lists, i)) staged_index_[i] = kToStage;
-    }
-  };
-  if (scan == LayoutScan::kSplit) {
-    parallel_for_rows(rows, scan_rows);
-  } else {
-    scan_rows(0, static_cast<int64_t>(rows));
-  }
+  staged_index_.assign(rows, -1);
   for (size_t i = 0; i < rows; ++i) {
-    if (staged_index_[i] == kInPlace) continue;
+    if (shares_dense_layout(lists, i)) continue;
     staged_index_[i] = static_cast<int64_t>(staged_rows_.size());
     staged_rows_.push_back(i);
     for (size_t k = 0; k < lists.size(); ++k) staged_[k].push_back(lists[k][i].contiguous());

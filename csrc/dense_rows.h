@@ -13,18 +13,10 @@
 
 namespace fused_accum {
 
-// Which threads read the rows' layouts. Split: as the CPU Adam step's other
-// walks over the rows (parallel_rows.h), so that each row's metadata is in the
-// cache of the thread that steps it. A split scan among walks on one thread only
-// moves the metadata away from that thread: accumulate_ over 2000 tensors of 1024
-// elements measured 7% slower with it.
-enum class LayoutScan { kOneThread, kSplit };
-
 class DenseRows {
  public:
   // `lists[k]` is one argument; `mutated[k]` says whether the kernel writes it.
-  DenseRows(const std::vector<at::TensorList>& lists, const std::vector<bool>& mutated,
-            LayoutScan scan = LayoutScan::kOneThread);
+  DenseRows(const std::vector<at::TensorList>& lists, const std::vector<bool>& mutated);
 
   // The tensor the kernel should use for list k, row i.
   const at::Tensor& at(size_t k, size_t i) const {
@@ -37,8 +29,8 @@ class DenseRows {
   void finish();
 
  private:
-  // Rows in place are not copied: a tensor copy costs a reference count on
-  // metadata that, with thousands of small tensors, is rarely in cache.
+  // Rows in place are not copied: with thousands of small tensors a copy of each
+  // would cost a reference count apiece.
   std::vector<at::TensorList> originals_;
   std::vector<bool> mutated_;
   std::vector<int64_t> staged_index_;            // per row: -1, or its index in staged_rows_

@@ -1,29 +1,31 @@
-// The eager step of one param group, grouped in C++.
+// The eager step of one param group: ParamGroupPlan, kept by the optimizer
+// between steps.
 //
-// Sorting a group's params into per-(device, dtype) tensor lists costs a Python
-// loop of about a microsecond per param, and handing six Python lists to an
-// operator costs as much again; with thousands of small params that is most of
-// a step. Here the lists are built from the Python objects directly and the
-// operators are called through the dispatcher with C++ lists, so a param costs
-// a few dictionary lookups. The lists borrow their tensors
-// (borrowed_tensor_list.h) and the state is found without a Python call
-// (param_state_lookup.cpp). Nothing is cached: every step reads the group, the
-// grads and the optimizer state afresh, so a replaced state tensor, a loaded
-// checkpoint or a changed param set can never be stepped stale.
+// With thousands of small params, Python work per param is most of a step: on
+// a 2-core EPYC, `p.grad` and `optimizer.state[p]` each cost about 0.2 us a param
+// (Tensor.__hash__ is a Python method), more than the step's own work on a 1024-
+// element param. So the plan keeps, from one step to the next, what does not
+// change: each param's tensor and its state dict. A step then reads each param's
+// grad in C++ and each state tensor from the dict it already holds, and calls the
+// operators through the dispatcher with lists that borrow those tensors. Only
+// public Python and torch APIs are used.
 //
-// fused_accum/optim.py keeps the same grouping in Python for torch.compile,
-// which traces Python; tests/test_param_group_step.py holds the two to the same
-// results bit for bit.
-#include "param_group_step.h"
-
-#include "borrowed_tensor_list.h"
-#include "param_metadata_prefetch.h"
-#include "param_state_lookup.h"
-
+// The plan is valid as long as the group's params and the optimizer's state map
+// are those it was built from; fused_accum/optim.py checks both before every
+// step (the state map counts its changes) and rebuilds it otherwise. The state
+// dicts themselves are read afresh on every step, so a replaced state tensor is
+// never stepped stale. The plan holds the GIL throughout: no other thread can
+// unset a grad or a state tensor while the lists borrow them.
+//
+// optim.py keeps the same grouping in Python for torch.compile, which traces
+// Python; tests/test_param_group_step.py holds the two to the same results bit
+// for bit.
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/view_as_real.h>
+#include <c10/util/MaybeOwned.h>
+#include <pybind11/pybind11.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 
@@ -40,6 +42,30 @@ namespace {
 using TensorList = at::TensorList;
 using OptionalTensor = std::optional<at::Tensor>;
 
+// A tensor list for an operator call that takes no reference counts: copying an
+// at::Tensor that Python also holds makes its TensorImpl take a reference on the
+// Python object, which with thousands of params costs more than the step's
+// arithmetic. The plan keeps every borrowed tensor alive while the list is used.
+class BorrowedTensorList {
+ public:
+  BorrowedTensorList() = default;
+  BorrowedTensorList(BorrowedTensorList&&) = default;
+  BorrowedTensorList& operator=(BorrowedTensorList&&) = delete;
+  BorrowedTensorList(const BorrowedTensorList&) = delete;
+  BorrowedTensorList& operator=(const BorrowedTensorList&) = delete;
+  ~BorrowedTensorList() {
+    for (at::Tensor& t : tensors_) c10::MaybeOwnedTraits<at::Tensor>::destroyBorrow(t);
+  }
+
+  void push_back(const at::Tensor& t) {
+    tensors_.push_back(c10::MaybeOwnedTraits<at::Tensor>::createBorrow(t));
+  }
+  operator TensorList() const { return tensors_; }
+
+ private:
+  std::vector<at::Tensor> tensors_;
+};
+
 // The operator lists of one (device, dtype).
 struct TensorGroup {
   at::Device device;
@@ -47,64 +73,23 @@ struct TensorGroup {
   BorrowedTensorList params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps;
 };
 
-// What keeps borrowed tensors alive: Python references (cheap, under the GIL)
-// for tensors that have a Python object, owned tensors for those made in C++
-// (views) or reached through C++ (a param's grad, which another thread could
-// unset while the GIL is released). Destroy it with the GIL held.
-struct KeepAlive {
-  std::vector<pybind11::object> objects;
-  std::deque<at::Tensor> tensors;  // a deque: adding one moves none of the others
-
-  // Releasing writes a reference count in every object held, and by then the
-  // step has streamed its data through the caches and pushed those lines out:
-  // asking for all of them first keeps the releases from waiting on one miss
-  // after another. Measured alternately on 2000 params of 1024 elements: the
-  // step 2-7% faster (1.01-1.16 ms to 0.95-1.08). Reads no object: safe without the GIL.
-  void prefetch_for_release() const {
-    for (const pybind11::object& o : objects) {
-      __builtin_prefetch(o.ptr(), /*rw=*/1, /*locality=*/3);
-    }
-    for (const at::Tensor& t : tensors) {
-      __builtin_prefetch(t.unsafeGetTensorImpl(), /*rw=*/1, /*locality=*/3);
-    }
+TensorGroup& group_for(std::vector<TensorGroup>& groups, const at::Tensor& param) {
+  for (TensorGroup& g : groups) {
+    if (g.device == param.device() && g.dtype == param.scalar_type()) return g;
   }
-};
-
-// Every group of one call, and what keeps their tensors alive.
-struct GroupedParams {
-  std::vector<TensorGroup> groups;
-  KeepAlive keep_alive;
-};
-
-constexpr Py_ssize_t kNotInAList = -1;
+  groups.push_back(TensorGroup{param.device(), param.scalar_type(), {}, {}, {}, {}, {}, {}});
+  return groups.back();
+}
 
 // The message names `what`, or what[i] for a list member; built only on failure.
-// The tensor lives as long as obj does.
-const at::Tensor& unpack_tensor(PyObject* obj, const char* what, Py_ssize_t i) {
+constexpr size_t kNotInAList = static_cast<size_t>(-1);
+
+const at::Tensor& unpack_tensor(PyObject* obj, const char* what, size_t i = kNotInAList) {
   if (!THPVariable_Check(obj)) {
     const std::string index = i == kNotInAList ? "" : "[" + std::to_string(i) + "]";
     throw py::type_error(what + index + " must be a Tensor, got " + Py_TYPE(obj)->tp_name);
   }
   return THPVariable_Unpack(obj);
-}
-
-// state[key] as a tensor; the state of a param is a dict, as torch.optim keeps it.
-// The value is held in `keep_alive`: the dict could change while the GIL is released.
-const at::Tensor& state_tensor(PyObject* state, PyObject* key, Py_ssize_t i,
-                               KeepAlive& keep_alive) {
-  PyObject* value = PyDict_GetItemWithError(state, key);  // borrowed
-  if (value == nullptr) {
-    if (PyErr_Occurred()) throw py::error_already_set();
-    throw py::key_error("optimizer state of params[" + std::to_string(i) + "] has no '" +
-                        py::str(key).cast<std::string>() + "'");
-  }
-  if (!THPVariable_Check(value)) {
-    throw py::type_error("optimizer state of params[" + std::to_string(i) + "]['" +
-                         py::str(key).cast<std::string>() + "'] must be a Tensor, got " +
-                         Py_TYPE(value)->tp_name);
-  }
-  keep_alive.objects.push_back(py::reinterpret_borrow<py::object>(value));
-  return THPVariable_Unpack(value);
 }
 
 // Interned, as the string literals that torch.optim and _init_state store under
@@ -118,103 +103,16 @@ struct StateKeys {
           max_exp_avg_sq = interned("max_exp_avg_sq"), step = interned("step");
 };
 
-TensorGroup& group_for(std::vector<TensorGroup>& groups, const at::Tensor& param) {
-  for (TensorGroup& g : groups) {
-    if (g.device == param.device() && g.dtype == param.scalar_type()) return g;
-  }
-  groups.push_back(TensorGroup{param.device(), param.scalar_type(), {}, {}, {}, {}, {}, {}});
-  return groups.back();
-}
-
-// A tensor made or reached in C++ (a grad, a view) is owned by `keep_alive`.
-const at::Tensor& owned(at::Tensor t, KeepAlive& keep_alive) {
-  keep_alive.tensors.push_back(std::move(t));
-  return keep_alive.tensors.back();
-}
-
-GroupedParams group_params(const py::list& params, const py::object& grads,
-                           const py::object& state_map, const py::object& init_state,
-                           bool amsgrad) {
-  // Never destroyed: Python objects must not be released after the interpreter ends.
-  static const StateKeys& keys = *new StateKeys();
-  const Py_ssize_t n = PyList_GET_SIZE(params.ptr());
-  const bool own_grads = grads.is_none();
-  if (!own_grads && !PyList_Check(grads.ptr())) {
-    throw py::type_error(std::string("grads must be None or a list, got ") +
-                         Py_TYPE(grads.ptr())->tp_name);
-  }
-  if (!own_grads && PyList_GET_SIZE(grads.ptr()) != n) {
-    throw py::value_error("grads must hold one entry per param: " + std::to_string(n) +
-                          " params, " + std::to_string(PyList_GET_SIZE(grads.ptr())) +
-                          " grads");
-  }
-  const Py_ssize_t full_state = amsgrad ? 4 : 3;
-  // Borrowed, and valid while no Python code has run: init_state, or a lookup
-  // that missed (a defaultdict's factory), could change the state map.
-  const std::vector<PyObject*> prefetched_states =
-      prefetch_param_metadata(params.ptr(), own_grads ? nullptr : grads.ptr(), state_map.ptr());
-  bool python_ran = false;
-  GroupedParams out;
-  KeepAlive& keep_alive = out.keep_alive;
-  for (Py_ssize_t i = 0; i < n; ++i) {
-    PyObject* param_obj = PyList_GET_ITEM(params.ptr(), i);
-    const at::Tensor* param = &unpack_tensor(param_obj, "params", i);
-    const at::Tensor* grad = nullptr;
-    if (own_grads) {
-      if (param->grad().defined()) grad = &owned(param->grad(), keep_alive);
-    } else {
-      PyObject* grad_obj = PyList_GET_ITEM(grads.ptr(), i);
-      if (grad_obj != Py_None) {
-        grad = &unpack_tensor(grad_obj, "grads", i);
-        keep_alive.objects.push_back(py::reinterpret_borrow<py::object>(grad_obj));
-      }
-    }
-    if (grad == nullptr) continue;  // torch skips a param without a grad
-    if (grad->is_sparse()) {
-      throw std::runtime_error(
-          "Adam does not support sparse gradients, please consider SparseAdam instead");
-    }
-    // self.state is a defaultdict: indexing creates the param's empty state.
-    keep_alive.objects.push_back(py::reinterpret_borrow<py::object>(param_obj));
-    PyObject* prefetched = python_ran ? nullptr : prefetched_states[i];
-    python_ran = python_ran || prefetched == nullptr;
-    const auto state =
-        prefetched != nullptr
-            ? py::reinterpret_borrow<py::object>(prefetched)
-            : py::reinterpret_steal<py::object>(param_state(state_map.ptr(), param_obj));
-    if (!state) throw py::error_already_set();
-    if (!PyDict_Check(state.ptr())) {
-      throw py::type_error("optimizer state of params[" + std::to_string(i) +
-                           "] must be a dict, got " + Py_TYPE(state.ptr())->tp_name);
-    }
-    if (PyDict_GET_SIZE(state.ptr()) < full_state) {
-      python_ran = true;
-      init_state(py::handle(param_obj), state, amsgrad);
-    }
-    const at::Tensor* exp_avg = &state_tensor(state.ptr(), keys.exp_avg.ptr(), i, keep_alive);
-    const at::Tensor* exp_avg_sq =
-        &state_tensor(state.ptr(), keys.exp_avg_sq.ptr(), i, keep_alive);
-    const at::Tensor* max_exp_avg_sq =
-        amsgrad ? &state_tensor(state.ptr(), keys.max_exp_avg_sq.ptr(), i, keep_alive)
-                : nullptr;
-    const at::Tensor& step = state_tensor(state.ptr(), keys.step.ptr(), i, keep_alive);
-    if (param->is_complex()) {
-      // torch steps complex params as pairs of reals; so do the kernels.
-      param = &owned(at::view_as_real(*param), keep_alive);
-      grad = &owned(at::view_as_real(*grad), keep_alive);
-      exp_avg = &owned(at::view_as_real(*exp_avg), keep_alive);
-      exp_avg_sq = &owned(at::view_as_real(*exp_avg_sq), keep_alive);
-      if (amsgrad) max_exp_avg_sq = &owned(at::view_as_real(*max_exp_avg_sq), keep_alive);
-    }
-    TensorGroup& group = group_for(out.groups, *param);
-    group.params.push_back(*param);
-    group.grads.push_back(*grad);
-    group.exp_avgs.push_back(*exp_avg);
-    group.exp_avg_sqs.push_back(*exp_avg_sq);
-    if (amsgrad) group.max_exp_avg_sqs.push_back(*max_exp_avg_sq);
-    group.steps.push_back(step);
-  }
-  return out;
+// state[key] as a tensor; the dict is a param's state, as torch.optim keeps it.
+const at::Tensor& state_tensor(PyObject* state, PyObject* key, size_t i) {
+  PyObject* value = PyDict_GetItemWithError(state, key);  // borrowed
+  if (value != nullptr && THPVariable_Check(value)) return THPVariable_Unpack(value);
+  if (PyErr_Occurred()) throw py::error_already_set();
+  const std::string where = "optimizer state of params[" + std::to_string(i) + "]";
+  const std::string name = py::str(key).cast<std::string>();
+  if (value == nullptr) throw py::key_error(where + " has no '" + name + "'");
+  throw py::type_error(where + "['" + name + "'] must be a Tensor, got " +
+                       Py_TYPE(value)->tp_name);
 }
 
 // A float or a tensor (moved to the group's device), as the operators take it.
@@ -235,7 +133,7 @@ LearningRate learning_rate(const py::object& lr) {
 
 OptionalTensor optional_tensor(const py::object& obj, const char* name) {
   if (obj.is_none()) return std::nullopt;
-  return unpack_tensor(obj.ptr(), name, kNotInAList);
+  return unpack_tensor(obj.ptr(), name);
 }
 
 OptionalTensor on_device(const OptionalTensor& t, const at::Device& device) {
@@ -260,17 +158,8 @@ using WindowTensorLr = void(FA_ADAM_LIST_TYPES, const at::Tensor&, const at::Ten
 #undef FA_ADAM_LIST_TYPES
 
 template <typename Signature>
-c10::TypedOperatorHandle<Signature> adam_operator(const char* overload) {
-  return c10::Dispatcher::singleton()
-      .findSchemaOrThrow("fused_accum::adam_step_", overload)
-      .typed<Signature>();
-}
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> window_operator(const char* overload) {
-  return c10::Dispatcher::singleton()
-      .findSchemaOrThrow("fused_accum::adam_window_step_", overload)
-      .typed<Signature>();
+c10::TypedOperatorHandle<Signature> find_operator(const char* name, const char* overload) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, overload).typed<Signature>();
 }
 
 struct Hyper {
@@ -281,10 +170,13 @@ struct Hyper {
 void call_operator(const TensorGroup& g, const LearningRate& lr, const Hyper& h,
                    bool window, const OptionalTensor& grad_factor,
                    const OptionalTensor& found_inf) {
-  static const auto step_float = adam_operator<StepFloatLr>("");
-  static const auto step_tensor = adam_operator<StepTensorLr>("tensor_lr");
-  static const auto window_float = window_operator<WindowFloatLr>("");
-  static const auto window_tensor = window_operator<WindowTensorLr>("tensor_lr");
+  static const auto step_float = find_operator<StepFloatLr>("fused_accum::adam_step_", "");
+  static const auto step_tensor =
+      find_operator<StepTensorLr>("fused_accum::adam_step_", "tensor_lr");
+  static const auto window_float =
+      find_operator<WindowFloatLr>("fused_accum::adam_window_step_", "");
+  static const auto window_tensor =
+      find_operator<WindowTensorLr>("fused_accum::adam_window_step_", "tensor_lr");
   const OptionalTensor lr_tensor = on_device(lr.tensor, g.device);
   const OptionalTensor factor = on_device(grad_factor, g.device);
   const OptionalTensor inf = on_device(found_inf, g.device);
@@ -305,45 +197,174 @@ void call_operator(const TensorGroup& g, const LearningRate& lr, const Hyper& h,
 #undef FA_LISTS
 }
 
-void step_param_group(const py::list& params, const py::object& grads,
-                      const py::object& state, const py::object& init_state, bool window,
-                      const py::object& lr, double beta1, double beta2, double weight_decay,
-                      double eps, bool amsgrad, bool maximize, bool decoupled_weight_decay,
-                      const py::object& grad_factor, const py::object& found_inf) {
-  HANDLE_TH_ERRORS
-  const Hyper hyper{beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay};
-  const LearningRate rate = learning_rate(lr);
-  const OptionalTensor factor = optional_tensor(grad_factor, "grad_factor");
-  const OptionalTensor inf = optional_tensor(found_inf, "found_inf");
-  if (window && !factor) throw py::value_error("a window step needs grad_factor (the multiplier)");
-  if (at::GradMode::is_enabled()) {
-    throw std::runtime_error("step_param_group must run under torch.no_grad()");
+class ParamGroupPlan {
+ public:
+  // `params` is a group's "params" list; `states[i]` the state dict of params[i]
+  // in `state_map` (the optimizer's state), or None where it has none yet;
+  // init_state(param, amsgrad) creates or completes a param's state and returns it.
+  ParamGroupPlan(const py::list& params, const py::list& states, py::object state_map,
+                 py::object init_state)
+      : state_map_(std::move(state_map)), init_state_(std::move(init_state)) {
+    const size_t n = params.size();
+    if (states.size() != n) {
+      throw py::value_error("states must hold one entry per param: " + std::to_string(n) +
+                            " params, " + std::to_string(states.size()) + " states");
+    }
+    param_objects_.reserve(n);
+    param_tensors_.reserve(n);
+    states_.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      param_objects_.push_back(params[i]);
+      param_tensors_.push_back(unpack_tensor(params[i].ptr(), "params", i));
+      states_.push_back(states[i]);
+    }
   }
-  // Destroyed after the GIL is taken back: it holds Python references.
-  const GroupedParams grouped = group_params(params, grads, state, init_state, amsgrad);
-  py::gil_scoped_release no_gil;
-  // Under no_grad the autograd and ADInplaceOrView kernels of these operators
-  // are boxed fallbacks that only pass the call on, at a cost per tensor; like
-  // torch's fused step, this one bumps no version counters.
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  for (const TensorGroup& g : grouped.groups) call_operator(g, rate, hyper, window, factor, inf);
-  grouped.keep_alive.prefetch_for_release();
-  END_HANDLE_TH_ERRORS_PYBIND
-}
+
+  // Whether `params` holds the params the plan was built from, in the same order.
+  bool matches(const py::list& params) const {
+    if (params.size() != param_objects_.size()) return false;
+    for (size_t i = 0; i < param_objects_.size(); ++i) {
+      if (PyList_GET_ITEM(params.ptr(), i) != param_objects_[i].ptr()) return false;
+    }
+    return true;
+  }
+
+  // Steps every param with a gradient: adam_step_ (window=false; grad_factor is
+  // GradScaler's scale) or adam_window_step_ (window=true; grad_factor is the
+  // window multiplier). `grads` is None (each param's .grad) or a list aligned
+  // with the params, None entries skipped.
+  void step(const py::object& grads, bool window, const py::object& lr, double beta1,
+            double beta2, double weight_decay, double eps, bool amsgrad, bool maximize,
+            bool decoupled_weight_decay, const py::object& grad_factor,
+            const py::object& found_inf) {
+    HANDLE_TH_ERRORS
+    const Hyper hyper{beta1, beta2, weight_decay, eps, amsgrad, maximize,
+                      decoupled_weight_decay};
+    const LearningRate rate = learning_rate(lr);
+    const OptionalTensor factor = optional_tensor(grad_factor, "grad_factor");
+    const OptionalTensor inf = optional_tensor(found_inf, "found_inf");
+    if (window && !factor) {
+      throw py::value_error("a window step needs grad_factor (the multiplier)");
+    }
+    if (at::GradMode::is_enabled()) {
+      throw std::runtime_error("ParamGroupPlan.step must run under torch.no_grad()");
+    }
+    // Views made for complex params; a deque, so adding one moves none of the others.
+    std::deque<at::Tensor> views;
+    const std::vector<TensorGroup> groups = group(grads, amsgrad, views);
+    // Under no_grad the autograd and ADInplaceOrView kernels of these operators
+    // are boxed fallbacks that only pass the call on; like torch's fused step,
+    // this one bumps no version counters.
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    for (const TensorGroup& g : groups) call_operator(g, rate, hyper, window, factor, inf);
+    END_HANDLE_TH_ERRORS_PYBIND
+  }
+
+ private:
+  std::vector<TensorGroup> group(const py::object& grads, bool amsgrad,
+                                 std::deque<at::Tensor>& views) {
+    // Never destroyed: Python objects must not be released after the interpreter ends.
+    static const StateKeys& keys = *new StateKeys();
+    const size_t n = param_tensors_.size();
+    const bool own_grads = grads.is_none();
+    if (!own_grads && !PyList_Check(grads.ptr())) {
+      throw py::type_error(std::string("grads must be None or a list, got ") +
+                           Py_TYPE(grads.ptr())->tp_name);
+    }
+    if (!own_grads && static_cast<size_t>(PyList_GET_SIZE(grads.ptr())) != n) {
+      throw py::value_error("grads must hold one entry per param: " + std::to_string(n) +
+                            " params, " + std::to_string(PyList_GET_SIZE(grads.ptr())) +
+                            " grads");
+    }
+    const Py_ssize_t full_state = amsgrad ? 4 : 3;
+    // Once init_state has run, Python code may have changed any param's state:
+    // the params after it are looked up in the state map again.
+    bool python_ran = false;
+    std::vector<TensorGroup> groups;
+    for (size_t i = 0; i < n; ++i) {
+      const at::Tensor* param = &param_tensors_[i];
+      const at::Tensor* grad = nullptr;
+      if (own_grads) {
+        grad = &param->grad();
+      } else {
+        PyObject* grad_obj = PyList_GET_ITEM(grads.ptr(), i);
+        if (grad_obj != Py_None) grad = &unpack_tensor(grad_obj, "grads", i);
+      }
+      if (grad == nullptr || !grad->defined()) continue;  // torch skips a param without a grad
+      if (grad->is_sparse()) {
+        throw std::runtime_error(
+            "Adam does not support sparse gradients, please consider SparseAdam instead");
+      }
+      if (python_ran) {
+        PyObject* found = PyObject_GetItem(state_map_.ptr(), param_objects_[i].ptr());
+        if (found == nullptr) throw py::error_already_set();
+        states_[i] = py::reinterpret_steal<py::object>(found);
+      }
+      PyObject* state = states_[i].ptr();
+      if (state != Py_None && !PyDict_Check(state)) {
+        throw py::type_error("optimizer state of params[" + std::to_string(i) +
+                             "] must be a dict, got " + Py_TYPE(state)->tp_name);
+      }
+      if (state == Py_None || PyDict_Size(state) < full_state) {
+        states_[i] = init_state_(param_objects_[i], amsgrad);
+        state = states_[i].ptr();
+        python_ran = true;
+        if (!PyDict_Check(state)) {
+          throw py::type_error("init_state must return a dict, got " +
+                               std::string(Py_TYPE(state)->tp_name));
+        }
+      }
+      const at::Tensor* exp_avg = &state_tensor(state, keys.exp_avg.ptr(), i);
+      const at::Tensor* exp_avg_sq = &state_tensor(state, keys.exp_avg_sq.ptr(), i);
+      const at::Tensor* max_exp_avg_sq =
+          amsgrad ? &state_tensor(state, keys.max_exp_avg_sq.ptr(), i) : nullptr;
+      const at::Tensor& step = state_tensor(state, keys.step.ptr(), i);
+      if (param->is_complex()) {
+        // torch steps complex params as pairs of reals; so do the kernels.
+        const auto as_real = [&](const at::Tensor* t) {
+          views.push_back(at::view_as_real(*t));
+          return &views.back();
+        };
+        param = as_real(param);
+        grad = as_real(grad);
+        exp_avg = as_real(exp_avg);
+        exp_avg_sq = as_real(exp_avg_sq);
+        if (amsgrad) max_exp_avg_sq = as_real(max_exp_avg_sq);
+      }
+      TensorGroup& g = group_for(groups, *param);
+      g.params.push_back(*param);
+      g.grads.push_back(*grad);
+      g.exp_avgs.push_back(*exp_avg);
+      g.exp_avg_sqs.push_back(*exp_avg_sq);
+      if (amsgrad) g.max_exp_avg_sqs.push_back(*max_exp_avg_sq);
+      g.steps.push_back(step);
+    }
+    return groups;
+  }
+
+  std::vector<py::object> param_objects_;
+  std::vector<at::Tensor> param_tensors_;
+  std::vector<py::object> states_;  // a dict, or None until the param is first stepped
+  py::object state_map_;
+  py::object init_state_;
+};
 
 }  // namespace
 
-void define_param_group_step(py::module_& m) {
-  m.def("step_param_group", &step_param_group, py::arg("params"), py::arg("grads"),
-        py::arg("state"), py::arg("init_state"), py::kw_only(), py::arg("window"),
-        py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("weight_decay"),
-        py::arg("eps"), py::arg("amsgrad"), py::arg("maximize"),
-        py::arg("decoupled_weight_decay"), py::arg("grad_factor"), py::arg("found_inf"),
-        "Steps one param group: groups params by (device, dtype) and calls "
-        "fused_accum::adam_step_ (window=False; grad_factor is GradScaler's scale) or "
-        "adam_window_step_ (window=True; grad_factor is the window multiplier). "
-        "grads is None (use each p.grad) or a list aligned with params, None entries "
-        "skipped; init_state(p, state, amsgrad) fills a param's missing state.");
+void define_param_group_plan(py::module_& m) {
+  py::class_<ParamGroupPlan>(m, "ParamGroupPlan",
+                             "What the eager step of one param group keeps between steps: "
+                             "its params and their state dicts.")
+      .def(py::init<const py::list&, const py::list&, py::object, py::object>(),
+           py::arg("params"), py::arg("states"), py::arg("state_map"), py::arg("init_state"))
+      .def("matches", &ParamGroupPlan::matches, py::arg("params"),
+           "Whether `params` holds the plan's params, in the same order.")
+      .def("step", &ParamGroupPlan::step, py::arg("grads"), py::kw_only(), py::arg("window"),
+           py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("weight_decay"),
+           py::arg("eps"), py::arg("amsgrad"), py::arg("maximize"),
+           py::arg("decoupled_weight_decay"), py::arg("grad_factor"), py::arg("found_inf"),
+           "Steps the params with a gradient, grouped by (device, dtype), through "
+           "fused_accum::adam_step_ or (window=True) adam_window_step_.");
 }
 
 }  // namespace fused_accum

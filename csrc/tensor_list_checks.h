@@ -7,17 +7,6 @@
 
 namespace fused_accum {
 
-// sizes() == sizes(), without the library call: a list of thousands of small
-// tensors compares a handful of integers per tensor, and the call cost more
-// than the comparison.
-inline bool same_extents(at::IntArrayRef a, at::IntArrayRef b) {
-  if (a.size() != b.size()) return false;
-  for (size_t d = 0; d < a.size(); ++d) {
-    if (a[d] != b[d]) return false;
-  }
-  return true;
-}
-
 inline void check_list_length(at::TensorList list, size_t expected, const char* op,
                               const char* name) {
   TORCH_CHECK(list.size() == expected, op, ": ", name, " must hold ", expected,
@@ -38,7 +27,7 @@ inline void check_member(const at::Tensor& t, size_t i, const char* op, const ch
 inline void check_same_shape(const at::Tensor& t, const at::Tensor& param, size_t i,
                              const char* op, const char* name) {
   TORCH_CHECK(t.defined(), op, ": ", name, "[", i, "] is undefined");
-  TORCH_CHECK(same_extents(t.sizes(), param.sizes()), op, ": ", name, "[", i, "] must have shape ",
+  TORCH_CHECK(t.sizes() == param.sizes(), op, ": ", name, "[", i, "] must have shape ",
               param.sizes(), " like params[", i, "], got ", t.sizes());
 }
 

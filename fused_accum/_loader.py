@@ -26,4 +26,4 @@ if _release(torch.__version__) != _release(_build_config.TORCH_VERSION):
 from . import _C  # noqa: E402  (registers torch.ops.fused_accum.*)
 
 build_info = _C.build_info
-step_param_group = _C.step_param_group
+ParamGroupPlan = _C.ParamGroupPlan

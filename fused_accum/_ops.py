@@ -1,6 +1,6 @@
 """Fake (meta) implementations of the fused_accum operators.
 
-The kernels are registered from C++ (csrc/schemas.cpp, csrc/cpu, csrc/cuda); these
+The schemas are defined in C++ (csrc/ops.cpp), the kernels in csrc/cpu and csrc/cuda; these
 tell torch.compile and FakeTensor what each operator returns without running it.
 """
 
@@ -26,19 +26,11 @@ for _name in _ADAM_OVERLOADS:
 torch.library.register_fake("fused_accum::accumulate_")(_mutates_only)
 
 
-def _scalar_like(tensors):
-    device = tensors[0].device if len(tensors) else torch.device("cpu")
-    return torch.empty((), dtype=torch.float32, device=device)
-
-
-@torch.library.register_fake("fused_accum::accumulate_sumsq_")
-def _accumulate_sumsq_fake(buffers, grads, *, scale=1.0):
-    return _scalar_like(buffers)
-
-
 @torch.library.register_fake("fused_accum::sum_of_squares")
 def _sum_of_squares_fake(tensors):
-    return _scalar_like(tensors)
+    device = tensors[0].device if len(tensors) else torch.device("cpu")
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    return torch.empty((), dtype=dtype, device=device)
 
 
 ops = torch.ops.fused_accum

@@ -22,8 +22,14 @@ DDP is kept out of every micro-batch and the accumulator all-reduces its buffers
 itself, once per window (one call per flat buffer). Every rank must feed the same
 number of micro-batches per window and call flush() together, as DDP itself requires.
 
+The window end goes through the optimizer's public step(): the accumulator hands it
+the window (buffers and multiplier), so step hooks, profilers and LR schedulers see
+one ordinary step per window. A step() of the optimizer's own in the middle of a
+window is refused.
+
 Not supported: torch.amp.GradScaler (its inf check and unscale are not folded into
-the window step); use bf16 autocast or bf16 params instead.
+the window step; scaler.step() on the optimizer is refused); use bf16 autocast or
+bf16 params instead.
 """
 
 import contextlib
@@ -34,7 +40,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ._ops import ops
-from .optim import _FusedAdamStep
+from .optim import _FusedAdamStep, _Window
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 _MEAN, _WEIGHTED = "mean", "weighted"
@@ -54,6 +60,16 @@ class GradAccumulator:
                 "GradAccumulator needs a fused_accum.FusedAdam or FusedAdamW optimizer, "
                 f"got {type(optimizer).__name__}"
             )
+        if optimizer._differentiable():
+            raise ValueError(
+                "GradAccumulator needs an optimizer with differentiable=False: its window "
+                "step runs the fused kernels, which autograd cannot differentiate through"
+            )
+        if optimizer._accumulator is not None:
+            raise ValueError(
+                "this optimizer is already driven by a GradAccumulator; call remove() on "
+                "that one first"
+            )
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         if max_grad_norm is not None and not float(max_grad_norm) > 0:
@@ -68,6 +84,7 @@ class GradAccumulator:
         self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad)
                        for p in self._params if p.requires_grad]
         self._reset_window()
+        optimizer._accumulator = self
 
     # ----------------------------------------------------------------- micro-batches
     @contextlib.contextmanager
@@ -127,10 +144,13 @@ class GradAccumulator:
         return self._finish_window()
 
     def remove(self):
-        """Removes the gradient hooks; the accumulator must not be used afterwards."""
+        """Removes the gradient hooks and hands the optimizer back to plain use;
+        the accumulator must not be used afterwards."""
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        if self.optimizer._accumulator is self:
+            self.optimizer._accumulator = None
 
     # ------------------------------------------------------------------ window end
     @torch.no_grad()
@@ -157,18 +177,23 @@ class GradAccumulator:
         multiplier = self._multiplier(grads, scale)
         # The one host sync per window: step() must report whether the window counted.
         finite = bool(torch.isfinite(self.grad_norm))
-        start = 0
+        grads_per_group, start = [], 0
         for group in self.optimizer.param_groups:
             end = start + len(group["params"])
-            self.optimizer._step_group(group, grads=grads[start:end], window=True,
-                                       grad_factor=multiplier)
+            grads_per_group.append(grads[start:end])
             start = end
+        self.optimizer._window = _Window(grads_per_group, multiplier)
+        try:
+            self.optimizer.step()
+        finally:
+            self.optimizer._window = None
         self._reset_window()
         return finite
 
     def _multiplier(self, grads, scale):
-        """scale * clip_coef as a 0-d float32 tensor (non-finite when the norm is,
-        which makes the kernel discard the window). Sets self.grad_norm."""
+        """scale * clip_coef as a 0-d tensor (non-finite when the norm is, which makes
+        the kernel discard the window). Sets self.grad_norm. Float64 when any grad
+        is float64, as clip_grad_norm_ reduces a float64 model, else float32."""
         by_device = {}
         for g in grads:
             if g is not None:

@@ -5,21 +5,63 @@ state_dict layout, hooks, LR schedulers and GradScaler behave as torch's do; onl
 step() differs: one operator call per (device, dtype) group instead of torch's loops.
 """
 
-import torch
+from collections import defaultdict
 
-from ._loader import step_param_group
+import torch
+from torch.optim.adam import adam as torch_adam
+
+from ._loader import ParamGroupPlan
 from ._ops import ops
 
 _STEP_DTYPE = torch.float32  # torch's fused and capturable layout for state["step"]
+_SUPPORTED_DEVICES = ("cuda", "cpu")
 
 
-def _refuse_differentiable(name, differentiable):
-    if differentiable:
-        raise RuntimeError(
-            f"{name} does not support differentiable=True: its step runs fused kernels "
-            f"that autograd cannot differentiate through; use torch.optim.{name[5:]} "
-            "with differentiable=True instead"
-        )
+class _StateMap(defaultdict):
+    """optimizer.state, a defaultdict(dict) that counts its changes.
+
+    The eager step keeps each param's state dict from one step to the next
+    (ParamGroupPlan); a change to this map (a param's state replaced or removed)
+    moves the count, and the plans are rebuilt.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.changes = 0
+
+    def __setitem__(self, key, value):
+        self.changes += 1
+        super().__setitem__(key, value)
+
+    def __missing__(self, key):
+        # defaultdict's own, in Python: torch.compile traces this one.
+        value = self[key] = self.default_factory()
+        return value
+
+    def __delitem__(self, key):
+        self.changes += 1
+        super().__delitem__(key)
+
+    def __ior__(self, other):
+        self.changes += 1
+        return super().__ior__(other)
+
+    def _counted(name):
+        method = getattr(defaultdict, name)
+
+        def counted(self, *args, **kwargs):
+            self.changes += 1
+            return method(self, *args, **kwargs)
+
+        counted.__name__ = name
+        return counted
+
+    pop = _counted("pop")
+    popitem = _counted("popitem")
+    clear = _counted("clear")
+    update = _counted("update")
+    setdefault = _counted("setdefault")
+    del _counted
 
 
 class _TensorLists:
@@ -56,25 +98,76 @@ def lr_for(group, device):
     return _to(lr, device) if isinstance(lr, torch.Tensor) else float(lr)
 
 
+def _check_steppable(p):
+    """Refuses a param the fused kernels cannot step, with torch's fused message, at
+    the point torch's fused optimizer refuses it: when its state is created. Complex
+    params, which torch's fused optimizer refuses, are stepped as pairs of reals."""
+    steppable_dtype = torch.is_floating_point(p) or torch.is_complex(p)
+    if not (p.device.type in _SUPPORTED_DEVICES and steppable_dtype):
+        raise RuntimeError(
+            "`fused=True` requires all the params to be floating point Tensors of "
+            f"supported devices: {list(_SUPPORTED_DEVICES)} but {p.dtype} and {p.device.type}"
+        )
+
+
+class _Window:
+    """An accumulation window that GradAccumulator hands to optimizer.step():
+    per param group, the buffers holding each param's window sum (None: not stepped),
+    and the multiplier that normalises and clips them."""
+
+    __slots__ = ("grads_per_group", "multiplier")
+
+    def __init__(self, grads_per_group, multiplier):
+        self.grads_per_group = grads_per_group
+        self.multiplier = multiplier
+
+
 class _FusedAdamStep:
     """State layout, grouping and the fused step shared by FusedAdam and FusedAdamW."""
 
-    def _init_state(self, p, state, amsgrad):
+    def _init_fused(self):
+        self._accumulator = None  # the GradAccumulator driving this optimizer, if any
+        self._window = None       # the window it hands to step()
+        self._adopt_state()
+
+    def __setstate__(self, state):
+        # Also how load_state_dict installs a checkpoint's state.
+        super().__setstate__(state)
+        self.__dict__.setdefault("_accumulator", None)
+        self.__dict__.setdefault("_window", None)
+        self._adopt_state()
+
+    def _adopt_state(self):
+        self.state = _StateMap(dict, self.state)
+        self._plans = {}  # id(group) -> [group, state map, its changes, plan]
+        # torch's fused optimizers take GradScaler's unscale and inf check into the
+        # step; torch's differentiable implementation, which ours runs then, does not.
+        self._step_supports_amp_scaling = not self._differentiable()
+
+    def _differentiable(self):
+        return any(group["differentiable"] for group in self.param_groups)
+
+    def _init_state(self, p, amsgrad):
+        """Creates or completes p's state, as torch's fused optimizer lays it out,
+        and returns it."""
+        state = self.state[p]
         if len(state) == 0:
+            _check_steppable(p)
             state["step"] = torch.zeros((), dtype=_STEP_DTYPE, device=p.device)
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         if amsgrad and "max_exp_avg_sq" not in state:
             # Also when amsgrad is switched on for a param that already has moments.
             state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
 
     def group_tensors(self, group, grads=None):
         """Splits a param group into per-(device, dtype) lists, creating state lazily.
 
         `grads` is None (step each param with p.grad) or a list aligned with
         group["params"]; params whose gradient is None are skipped, their state
-        untouched, exactly as torch skips them. This is the traceable twin of the
-        C++ grouping in csrc/param_group_step.cpp, used under torch.compile.
+        untouched, exactly as torch skips them. This is the traceable twin of
+        ParamGroupPlan (csrc/param_group_step.cpp), used under torch.compile.
         """
         amsgrad = group["amsgrad"]
         params = group["params"]
@@ -90,7 +183,7 @@ class _FusedAdamStep:
                 )
             state = self.state[p]
             if len(state) < (4 if amsgrad else 3):
-                self._init_state(p, state, amsgrad)
+                self._init_state(p, amsgrad)
             exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
             max_exp_avg_sq = state["max_exp_avg_sq"] if amsgrad else None
             if p.is_complex():
@@ -125,10 +218,59 @@ class _FusedAdamStep:
         else:
             self._step_group_eager(group, grads, window, grad_factor, found_inf)
 
+    def _plan_entry(self, group):
+        """[group, state map, its change count, ParamGroupPlan] of a group, rebuilt
+        when the group's params or the optimizer's state map changed since."""
+        state = self.state
+        # A state map set by the user (not a _StateMap) counts no changes: the plan
+        # is then made afresh for every step.
+        changes = state.changes if isinstance(state, _StateMap) else None
+        entry = self._plans.get(id(group))
+        if (entry is not None and changes is not None and entry[0] is group
+                and entry[1] is state and entry[2] == changes
+                and entry[3].matches(group["params"])):
+            return entry
+        params = group["params"]
+        states = [state[p] if p in state else None for p in params]
+        plan = ParamGroupPlan(params, states, state, self._init_state)
+        entry = self._plans[id(group)] = [group, state, changes, plan]
+        return entry
+
     def _step_group_eager(self, group, grads, window, grad_factor, found_inf):
-        step_param_group(group["params"], grads, self.state, self._init_state,
-                         window=window, lr=group["lr"], **hyperparams(group),
-                         grad_factor=grad_factor, found_inf=found_inf)
+        entry = self._plan_entry(group)
+        entry[3].step(grads, window=window, lr=group["lr"], **hyperparams(group),
+                      grad_factor=grad_factor, found_inf=found_inf)
+        # The states the plan created, for params stepped the first time, are
+        # already in the plan.
+        if entry[2] is not None:
+            entry[2] = self.state.changes
+
+    def _step_differentiable(self):
+        """torch's differentiable Adam, through its functional form, on this
+        optimizer's state (the layout of torch's fused optimizer)."""
+        for group in self.param_groups:
+            params, grads = [], []
+            for p in group["params"]:
+                if p.grad is not None:
+                    if p.grad.is_sparse:
+                        raise RuntimeError("Adam does not support sparse gradients, "
+                                           "please consider SparseAdam instead")
+                    params.append(p)
+                    grads.append(p.grad)
+            amsgrad = group["amsgrad"]
+            states = [self._init_state(p, amsgrad) for p in params]
+            beta1, beta2 = group["betas"]
+            torch_adam(
+                params, grads, [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
+                [s["max_exp_avg_sq"] for s in states] if amsgrad else [],
+                [s["step"] for s in states],
+                foreach=False, capturable=group["capturable"],
+                differentiable=group["differentiable"], fused=False,
+                has_complex=any(torch.is_complex(p) for p in params),
+                decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=amsgrad,
+                beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
+                eps=group["eps"], maximize=group["maximize"])
 
     def _step_group_traced(self, group, grads, window, grad_factor, found_inf):
         hyper = hyperparams(group)
@@ -143,16 +285,55 @@ class _FusedAdamStep:
                 op = ops.adam_step_.tensor_lr if tensor_lr else ops.adam_step_
                 op(*lists.as_args(), lr=lr, **hyper, grad_scale=factor, found_inf=inf)
 
+    def _check_window_handoff(self, grad_scale):
+        """Refuses a step that would step part of a GradAccumulator's window, or
+        one driven by torch.amp.GradScaler, which GradAccumulator does not support."""
+        accumulator = self._accumulator
+        if accumulator is None:
+            return
+        if grad_scale is not None:
+            # GradScaler.step deletes these only after a step that returns.
+            del self.grad_scale, self.found_inf
+            raise RuntimeError(
+                "torch.amp.GradScaler is not supported with GradAccumulator: the window's "
+                "norm and clipping would apply to the scaled gradient. Train in bfloat16 "
+                "(autocast or bfloat16 params) instead"
+            )
+        if self._window is None and accumulator.micro_step > 0:
+            raise RuntimeError(
+                f"optimizer.step() called in the middle of a GradAccumulator window "
+                f"({accumulator.micro_step} of {accumulator.steps} micro-batches): the "
+                "accumulator steps the optimizer when the window is complete; call "
+                "acc.step() (or acc.flush() for a partial window)"
+            )
+
     @torch.no_grad()
     def step(self, closure=None):
-        """Performs one optimization step; `closure` re-evaluates the model, as in torch."""
+        """Performs one optimization step; `closure` re-evaluates the model, as in torch.
+
+        With differentiable=True this is torch's own differentiable step (the fused
+        kernels are not differentiable)."""
+        # Set by torch.amp.GradScaler.step, since _step_supports_amp_scaling is True.
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        self._check_window_handoff(grad_scale)
+        if found_inf is not None and not isinstance(found_inf, torch.Tensor):
+            # GradScaler's sum over no gradients at all is the int 0.
+            found_inf = torch.tensor(float(found_inf))
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Set by torch.amp.GradScaler.step, since _step_supports_amp_scaling is True.
-        grad_scale = getattr(self, "grad_scale", None)
-        found_inf = getattr(self, "found_inf", None)
+        if self._differentiable():
+            with torch.enable_grad():
+                self._step_differentiable()
+            return loss
+        window = self._window
+        if window is not None:
+            for group, grads in zip(self.param_groups, window.grads_per_group):
+                self._step_group(group, grads=grads, window=True,
+                                 grad_factor=window.multiplier)
+            return loss
         for group in self.param_groups:
             self._step_group(group, grad_factor=grad_scale, found_inf=found_inf)
         return loss
@@ -161,8 +342,11 @@ class _FusedAdamStep:
         super().load_state_dict(state_dict)
         # A checkpoint of a non-fused torch optimizer keeps "step" on the CPU, and in
         # float64 when that was torch's default dtype; the kernels read it as a float32
-        # scalar next to the param.
+        # scalar next to the param. Keys that are not params (a load_state_dict hook
+        # may write them, as torch allows) are left as they are.
         for p, state in self.state.items():
+            if not isinstance(p, torch.Tensor) or not isinstance(state, dict):
+                continue
             step = state.get("step")
             if step is not None:
                 state["step"] = torch.as_tensor(step, dtype=_STEP_DTYPE).reshape(()).to(p.device)
@@ -178,29 +362,29 @@ class FusedAdam(_FusedAdamStep, torch.optim.Adam):
     """torch.optim.Adam with a fused step (CPU and CUDA).
 
     Same arguments as torch.optim.Adam. ``foreach``, ``fused`` and ``capturable`` are
-    accepted and stored like torch stores them; the step is always the fused kernel.
-    ``decoupled_weight_decay=True`` gives AdamW. ``differentiable=True`` is refused.
+    accepted and stored like torch stores them; the step is the fused kernel.
+    ``decoupled_weight_decay=True`` gives AdamW. With ``differentiable=True`` the
+    step is torch.optim.Adam's own differentiable implementation.
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False):
-        _refuse_differentiable("FusedAdam", differentiable)
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable,
                          differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=decoupled_weight_decay)
-        self._step_supports_amp_scaling = True
+        self._init_fused()
 
 
 class FusedAdamW(_FusedAdamStep, torch.optim.AdamW):
-    """torch.optim.AdamW with a fused step (CPU and CUDA); same arguments as AdamW."""
+    """torch.optim.AdamW with a fused step (CPU and CUDA); same arguments as AdamW.
+    With ``differentiable=True`` the step is torch.optim.AdamW's own."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
                  differentiable=False, fused=None):
-        _refuse_differentiable("FusedAdamW", differentiable)
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                          foreach=foreach, capturable=capturable,
                          differentiable=differentiable, fused=fused)
-        self._step_supports_amp_scaling = True
+        self._init_fused()

@@ -232,19 +232,12 @@ def test_accumulate_matches_our_cpu_kernel(buffer_dtype, grad_dtype):
     buffers = [torch.randn(s, generator=g).to(buffer_dtype) for s in SHAPES]
     grads = [torch.randn(s, generator=g).to(grad_dtype) for s in SHAPES]
     gpu_grads = [x.cuda() for x in grads]
-    plain = [b.cuda() for b in buffers]
-    summed = [b.cuda() for b in buffers]
-    ops.accumulate_(plain, gpu_grads, scale=0.5)
-    gpu_sumsq = ops.accumulate_sumsq_(summed, gpu_grads, scale=0.5)
-    cpu_sumsq = ops.accumulate_sumsq_(buffers, grads, scale=0.5)
+    on_gpu = [b.cuda() for b in buffers]
+    ops.accumulate_(on_gpu, gpu_grads, scale=0.5)
+    ops.accumulate_(buffers, grads, scale=0.5)
     # float(b) + 0.5 * float(g) rounded once, no contraction on either side: equal bits.
-    for with_sum, without_sum, ref in zip(summed, plain, buffers):
-        assert torch.equal(with_sum.cpu(), ref)
-        assert torch.equal(without_sum.cpu(), ref)
-    assert gpu_sumsq.device.type == "cuda" and gpu_sumsq.dtype == torch.float32
-    assert gpu_sumsq.dim() == 0
-    # The same float squares, summed in double in another order.
-    torch.testing.assert_close(gpu_sumsq.cpu(), cpu_sumsq, rtol=1e-6, atol=0)
+    for gpu, ref in zip(on_gpu, buffers):
+        assert torch.equal(gpu.cpu(), ref)
 
 
 def test_sum_of_squares_mixed_dtypes_is_deterministic():

@@ -17,7 +17,6 @@ EXPECTED_OPS = {
     "fused_accum::adam_window_step_",
     "fused_accum::adam_window_step_.tensor_lr",
     "fused_accum::accumulate_",
-    "fused_accum::accumulate_sumsq_",
     "fused_accum::sum_of_squares",
 }
 

@@ -47,11 +47,6 @@ def test_same_defaults_and_param_groups(ours, theirs):
     assert isinstance(ours(params), theirs)
 
 
-def test_differentiable_is_refused():
-    with pytest.raises(RuntimeError, match="differentiable=True"):
-        FusedAdamW([torch.nn.Parameter(torch.randn(3))], differentiable=True)
-
-
 def test_sparse_grads_are_refused_like_torch():
     p = torch.nn.Parameter(torch.randn(4, 3))
     opt = FusedAdam([p])

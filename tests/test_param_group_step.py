@@ -1,7 +1,7 @@
 """The two groupings of a param group's step agree bit for bit.
 
-Eagerly a group is sorted into per-(device, dtype) lists in C++
-(csrc/param_group_step.cpp); under torch.compile, which traces Python, in
+Eagerly a group is sorted into per-(device, dtype) lists in C++ by a plan kept
+between steps (csrc/param_group_step.cpp); under torch.compile, which traces Python, in
 FusedAdam.group_tensors. Both then call the same operators, so any difference
 would be a grouping bug: a param stepped with another's state, a skipped param
 stepped, a complex param not viewed as real.
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fused_accum import FusedAdam, FusedAdamW
-from fused_accum._loader import step_param_group
+from fused_accum._loader import ParamGroupPlan
 
 EAGER, TRACED = "_step_group_eager", "_step_group_traced"
 
@@ -131,11 +131,12 @@ def test_state_replaced_by_init_state_mid_step_is_the_one_stepped():
     # has run mid-step (here init_state, replacing the later params' state dicts),
     # what it found before must not be used.
     class Replacing(FusedAdamW):
-        def _init_state(self, p, state, amsgrad):
-            super()._init_state(p, state, amsgrad)
+        def _init_state(self, p, amsgrad):
+            state = super()._init_state(p, amsgrad)
             if p is a:
                 for other in (b, c):
                     self.state[other] = {k: v.clone() for k, v in self.state[other].items()}
+            return state
 
     a, b, c = (torch.nn.Parameter(torch.ones(3)) for _ in range(3))
     opt = Replacing([a, b, c], lr=0.1)
@@ -226,13 +227,18 @@ def test_a_step_keeps_no_reference_once_it_returns():
     assert all(ref() is None for ref in grads)
 
 
+def plan_step(opt, grads, grad_factor=None):
+    params = opt.param_groups[0]["params"]
+    plan = ParamGroupPlan(params, [opt.state.get(p) for p in params], opt.state,
+                          opt._init_state)
+    plan.step(grads, window=False, lr=0.1, beta1=0.9, beta2=0.999, weight_decay=0.0,
+              eps=1e-8, amsgrad=False, maximize=False, decoupled_weight_decay=True,
+              grad_factor=grad_factor, found_inf=None)
+
+
 def call_eager(opt, grads, grad_enabled=False):
-    group = opt.param_groups[0]
     with torch.set_grad_enabled(grad_enabled):
-        step_param_group(group["params"], grads, opt.state, opt._init_state, window=False,
-                         lr=0.1, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
-                         amsgrad=False, maximize=False, decoupled_weight_decay=True,
-                         grad_factor=None, found_inf=None)
+        plan_step(opt, grads)
 
 
 def test_misuse_is_refused_with_a_message():
@@ -253,10 +259,7 @@ def test_misuse_is_refused_with_a_message():
     with pytest.raises(RuntimeError, match="must run under torch.no_grad"):
         call_eager(opt, None, grad_enabled=True)
     with torch.no_grad(), pytest.raises(TypeError, match="^grad_factor must be a Tensor"):
-        step_param_group(opt.param_groups[0]["params"], None, opt.state, opt._init_state,
-                         window=False, lr=0.1, beta1=0.9, beta2=0.999, weight_decay=0.0,
-                         eps=1e-8, amsgrad=False, maximize=False,
-                         decoupled_weight_decay=True, grad_factor=2.0, found_inf=None)
+        plan_step(opt, None, grad_factor=2.0)
 
 
 def test_operator_errors_arrive_as_runtime_errors():
@@ -267,3 +270,44 @@ def test_operator_errors_arrive_as_runtime_errors():
     opt.state[p]["exp_avg"] = torch.zeros(3)
     with pytest.raises(RuntimeError, match=r"exp_avgs\[0\] must have shape \[2\]"):
         opt.step()
+
+
+def test_a_plan_follows_changes_to_params_and_state():
+    # The eager step keeps each group's params and state dicts between steps; every
+    # change below must reach the next step exactly as the traced grouping sees it.
+    params_a, opt_a = build(FusedAdamW, 5)
+    params_b, opt_b = build(FusedAdamW, 5)
+
+    def both(change):
+        change(params_a, opt_a)
+        change(params_b, opt_b)
+
+    def step_both(step):
+        give_grads(params_a, step, none_every=3)
+        give_grads(params_b, step, none_every=3)
+        step_by(opt_a, EAGER)
+        step_by(opt_b, TRACED)
+        assert_same(opt_a, params_a, opt_b, params_b)
+
+    def replace_a_state(params, opt):
+        p = params[1]
+        opt.state[p] = {k: v.clone() * 0.5 for k, v in opt.state[p].items()}
+
+    def replace_a_state_tensor(params, opt):
+        opt.state[params[2]]["exp_avg"] = torch.ones_like(params[2])
+
+    def forget_a_state(params, opt):
+        del opt.state[params[0]]
+
+    def reload(params, opt):
+        opt.load_state_dict(opt.state_dict())
+
+    def swap_two_params(params, opt):
+        group = opt.param_groups[0]["params"]
+        group[0], group[1] = group[1], group[0]
+
+    step_both(0)
+    for step, change in enumerate([replace_a_state, replace_a_state_tensor, forget_a_state,
+                                   reload, swap_two_params], start=1):
+        both(change)
+        step_both(step)

@@ -1,9 +1,10 @@
-// CPU implementation of the accumulation operators, in one parallel region
-// over all tensors, element math from accumulate_math.h.
+// CPU kernels of the accumulation operators, in one parallel region over all
+// tensors, element math from accumulate_math.h.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/core/Tensor.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -12,9 +13,8 @@
 #include "../accumulate_args.h"
 #include "../accumulate_math.h"
 #include "../dense_rows.h"
-#include "segments.h"
+#include "multi_tensor_loop.h"
 #include "vectorizable_storage.h"
-#include "accumulate_cpu.h"
 
 namespace fused_accum {
 namespace cpu {
@@ -30,29 +30,14 @@ template <typename X>
 using SquareSum = std::conditional_t<std::is_same_v<X, double>, double, float>;
 
 template <typename B, typename G>
-double accumulate_piece(B* __restrict__ buffer, const G* __restrict__ grad, int64_t begin,
-                        int64_t end, float scale, bool want_sumsq) {
+void accumulate_piece(B* __restrict__ buffer, const G* __restrict__ grad, int64_t begin,
+                      int64_t end, float scale) {
   // Grads are read as float values: a class-typed (bfloat16) temporary inside an
   // `omp simd` loop keeps GCC from vectorising it.
-  if (!want_sumsq) {
 #pragma omp simd
-    for (int64_t i = begin; i < end; ++i) {
-      accumulate_element(buffer[i], static_cast<float>(grad[i]), scale);
-    }
-    return 0.0;
+  for (int64_t i = begin; i < end; ++i) {
+    accumulate_element(buffer[i], static_cast<float>(grad[i]), scale);
   }
-  double total = 0.0;
-  for (int64_t block = begin; block < end; block += kBlock) {
-    const int64_t block_end = std::min(end, block + kBlock);
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = block; i < block_end; ++i) {
-      const float updated = accumulate_element(buffer[i], static_cast<float>(grad[i]), scale);
-      sum += updated * updated;
-    }
-    total += sum;
-  }
-  return total;
 }
 
 template <typename X>
@@ -112,21 +97,22 @@ double parallel_sum(const Segments& segments, const Fn& piece_sum) {
   return total;
 }
 
-at::Tensor scalar_result(double value) {
-  at::Tensor out = at::empty({}, at::TensorOptions().dtype(at::kFloat));
+// The sum as a 0-d tensor: float64 when the tensors hold float64 values (a norm
+// of a float64 model, computed as clip_grad_norm_ computes it), else float32.
+at::Tensor scalar_result(double value, at::ScalarType dtype) {
+  at::Tensor out = at::empty({}, at::TensorOptions().dtype(dtype));
   out.fill_(value);
   return out;
 }
 
-double accumulate_all(at::TensorList buffers, at::TensorList grads, double scale,
-                      bool want_sumsq, const char* op) {
+void accumulate_cpu(at::TensorList buffers, at::TensorList grads, double scale) {
+  const char* op = "fused_accum.accumulate_";
   check_accumulate_args(buffers, grads, op);
-  if (buffers.empty()) return 0.0;
+  if (buffers.empty()) return;
   DenseRows rows({buffers, grads}, {true, false});
   std::vector<int64_t> numels(rows.rows());
   for (size_t i = 0; i < rows.rows(); ++i) numels[i] = rows.at(0, i).numel();
   const Segments segments(numels);
-  double sumsq = 0.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grads[0].scalar_type(),
                                   "fused_accum_accumulate_cpu", [&] {
     using G = scalar_t;
@@ -138,9 +124,8 @@ double accumulate_all(at::TensorList buffers, at::TensorList grads, double scale
         buffer_ptrs[i] = loop_pointer(rows.at(0, i).data_ptr<B>());
         grad_ptrs[i] = loop_pointer(rows.at(1, i).data_ptr<G>());
       }
-      sumsq = parallel_sum(segments, [&](int64_t t, int64_t begin, int64_t end) {
-        return accumulate_piece(buffer_ptrs[t], grad_ptrs[t], begin, end,
-                                static_cast<float>(scale), want_sumsq);
+      segments.parallel_for_each_piece([&](int64_t t, int64_t begin, int64_t end) {
+        accumulate_piece(buffer_ptrs[t], grad_ptrs[t], begin, end, static_cast<float>(scale));
       });
     };
     if (buffers[0].scalar_type() == at::kFloat) {
@@ -150,18 +135,6 @@ double accumulate_all(at::TensorList buffers, at::TensorList grads, double scale
     }
   });
   rows.finish();
-  return sumsq;
-}
-
-}  // namespace
-
-void accumulate_cpu(at::TensorList buffers, at::TensorList grads, double scale) {
-  accumulate_all(buffers, grads, scale, /*want_sumsq=*/false, "fused_accum.accumulate_");
-}
-
-at::Tensor accumulate_sumsq_cpu(at::TensorList buffers, at::TensorList grads, double scale) {
-  return scalar_result(
-      accumulate_all(buffers, grads, scale, /*want_sumsq=*/true, "fused_accum.accumulate_sumsq_"));
 }
 
 at::Tensor sum_of_squares_cpu(at::TensorList tensors) {
@@ -173,20 +146,30 @@ at::Tensor sum_of_squares_cpu(at::TensorList tensors) {
   std::vector<at::Tensor> dense;
   std::vector<PieceFn> piece_fns;
   std::vector<int64_t> numels;
+  at::ScalarType result_dtype = at::kFloat;
   dense.reserve(tensors.size());
   for (const at::Tensor& t : tensors) {
     dense.push_back(t.is_non_overlapping_and_dense() ? t : t.contiguous());
     numels.push_back(t.numel());
+    if (t.scalar_type() == at::kDouble) result_dtype = at::kDouble;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(),
-                                    "fused_accum_sum_of_squares_cpu",
-                                    [&] { piece_fns.push_back(&sum_of_squares_piece<loop_storage_t<scalar_t>>); });
+                                    "fused_accum_sum_of_squares_cpu", [&] {
+      piece_fns.push_back(&sum_of_squares_piece<loop_storage_t<scalar_t>>);
+    });
   }
   const Segments segments(numels);
   const double total = parallel_sum(segments, [&](int64_t t, int64_t begin, int64_t end) {
     return piece_fns[t](dense[t].const_data_ptr(), begin, end);
   });
-  return scalar_result(total);
+  return scalar_result(total, result_dtype);
 }
+
+}  // namespace
 
 }  // namespace cpu
 }  // namespace fused_accum
+
+TORCH_LIBRARY_IMPL(fused_accum, CPU, m) {
+  m.impl("accumulate_", &fused_accum::cpu::accumulate_cpu);
+  m.impl("sum_of_squares", &fused_accum::cpu::sum_of_squares_cpu);
+}

@@ -1,28 +1,102 @@
-// CPU implementation of the Adam step operators: every tensor of a call in one
-// parallel region, each element through AdamElementOp, the functor the CUDA
-// kernel calls too. Float32 and bfloat16 storage take the AVX-512 loop of
-// adam_piece_in_lanes.h where the build has it; the loops below serve the other
+// CPU kernel of the Adam step operators: every tensor of a call in one parallel
+// region, each element through AdamElementOp, the functor the CUDA kernel calls
+// too. Float32 and bfloat16 storage take the AVX-512 loop below where the build
+// has it (float_lanes.h); the compiler-vectorised loops after it serve the other
 // storage types and machines.
 #include <ATen/core/Tensor.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <type_traits>
 #include <vector>
 
+#include "../adam_call.h"
 #include "../adam_element_op.h"
-#include "../adam_flag_dispatch.h"
-#include "../adam_rows.h"
-#include "../parallel_rows.h"
-#include "adam_cpu.h"
-#include "adam_piece_in_lanes.h"
-#include "adam_row_pointers.h"
+#include "float_lanes.h"
 #include "host_step.h"
-#include "segments.h"
+#include "multi_tensor_loop.h"
 #include "vectorizable_storage.h"
 
 namespace fused_accum {
 namespace cpu {
 namespace {
+
+// Where one tensor's elements of each Adam list start, as a loop walks them.
+template <typename P, typename G>
+struct RowPointers {
+  P* param;
+  G* grad;
+  P* exp_avg;
+  P* exp_avg_sq;
+  P* max_exp_avg_sq;  // null without amsgrad
+};
+
+// The AVX-512 loop.
+#ifdef FUSED_ACCUM_FLOAT_LANES
+
+
+// The functor of a float-math step, on 16 lanes: same mode, flags and division.
+template <typename FloatOp>
+struct InLanes;
+template <typename P, typename G, DecayMode MODE, bool AMSGRAD, bool MAXIMIZE,
+          GradSource GRAD_SOURCE, ConstantDivision DIVISION>
+struct InLanes<AdamElementOp<P, G, MODE, AMSGRAD, MAXIMIZE, GRAD_SOURCE, DIVISION>> {
+  static_assert(std::is_same_v<typename MathType<P>::type, float>, "lanes hold float math");
+  using type = AdamElementOp<FloatLanes, FloatLanes, MODE, AMSGRAD, MAXIMIZE, GRAD_SOURCE, DIVISION>;
+};
+
+// Steps elements [begin, end) of one tensor; the last partial 16 through masks.
+// `next`: the tensor the loop goes on to when `end` is this one's end, else null.
+template <bool AMSGRAD, bool WRITES_GRAD, typename FloatOp, typename P, typename G>
+void adam_piece_in_lanes(const FloatOp& float_op, const RowPointers<P, G>& row, int64_t begin,
+                         int64_t end, const RowPointers<P, G>* next) {
+  using LanesOp = typename InLanes<FloatOp>::type;
+  const LanesOp op{convert_scalars<FloatLanes>(float_op.scalars),
+                   FloatLanes(float_op.grad_factor)};
+  // Local restrict copies: through `row` the compiler reloads every pointer after each store.
+  P* __restrict__ param_at = row.param;
+  G* __restrict__ grad_at = row.grad;
+  P* __restrict__ exp_avg_at = row.exp_avg;
+  P* __restrict__ exp_avg_sq_at = row.exp_avg_sq;
+  P* __restrict__ max_exp_avg_sq_at = row.max_exp_avg_sq;
+  const RowPointers<P, G> following = next != nullptr ? *next : RowPointers<P, G>{};
+  const int64_t ahead = prefetch_bytes_for((end - begin) * static_cast<int64_t>(sizeof(P)));
+  const auto step_lanes = [&](int64_t i, auto lanes) {
+    prefetch_ahead(param_at, i, end, following.param, ahead);
+    prefetch_ahead(grad_at, i, end, following.grad, ahead);
+    prefetch_ahead(exp_avg_at, i, end, following.exp_avg, ahead);
+    prefetch_ahead(exp_avg_sq_at, i, end, following.exp_avg_sq, ahead);
+    if constexpr (AMSGRAD) {
+      prefetch_ahead(max_exp_avg_sq_at, i, end, following.max_exp_avg_sq, ahead);
+    }
+    FloatLanes param = load_lanes(param_at + i, lanes);
+    FloatLanes grad = load_lanes(grad_at + i, lanes);
+    FloatLanes exp_avg = load_lanes(exp_avg_at + i, lanes);
+    FloatLanes exp_avg_sq = load_lanes(exp_avg_sq_at + i, lanes);
+    if constexpr (AMSGRAD) {
+      FloatLanes max_exp_avg_sq = load_lanes(max_exp_avg_sq_at + i, lanes);
+      op(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq);
+      store_lanes(max_exp_avg_sq, max_exp_avg_sq_at + i, lanes);
+    } else {
+      op(param, grad, exp_avg, exp_avg_sq);
+    }
+    store_lanes(param, param_at + i, lanes);
+    if (WRITES_GRAD) store_lanes(grad, grad_at + i, lanes);
+    store_lanes(exp_avg, exp_avg_at + i, lanes);
+    store_lanes(exp_avg_sq, exp_avg_sq_at + i, lanes);
+  };
+  for_each_lanes(begin, end, step_lanes);
+}
+
+#else
+
+// Declared only, for the discarded branch that names it: kSteppedInLanes is false.
+template <bool AMSGRAD, bool WRITES_GRAD, typename FloatOp, typename P, typename G>
+void adam_piece_in_lanes(const FloatOp& float_op, const RowPointers<P, G>& row, int64_t begin,
+                         int64_t end, const RowPointers<P, G>* next);
+
+#endif
+
 
 // The innermost loop: plain, over restrict pointers, so the compiler vectorises
 // the inlined element update (no `omp simd`: it makes GCC privatise the class-typed
@@ -82,7 +156,7 @@ void adam_piece_via_float(const FloatOp& op, const RowPointers<P, G>& row, int64
 // The elements of a checked tensor of dtype T, as the loops walk them.
 template <typename T>
 loop_storage_t<T>* loop_data(const at::Tensor& t) {
-  return loop_pointer(checked_data<T>(t));
+  return loop_pointer(static_cast<T*>(t.data_ptr()));
 }
 
 template <typename P>
@@ -107,20 +181,20 @@ void adam_all(const DenseRows& rows, const std::vector<double>& steps, const Ada
     }
   });
   const Segments segments(numels);
-  dispatch_adam_flags(h, call.grad_mode, [&](auto mode, auto amsgrad, auto maximize,
-                                             auto grad_mode) {
+  dispatch_adam_flags(call, [&](auto mode, auto amsgrad, auto maximize,
+                                             auto grad_source) {
     constexpr bool AMSGRAD = decltype(amsgrad)::value;
-    constexpr GradMode GRAD_MODE = decltype(grad_mode)::value;
+    constexpr GradSource GRAD_SOURCE = decltype(grad_source)::value;
     constexpr bool IN_PLACE = kSteppedInPlace<P>;
     constexpr bool IN_LANES = kSteppedInLanes<P, G>;
     using OpP = std::conditional_t<IN_PLACE, P, float>;
     using OpG = std::conditional_t<IN_PLACE, G, float>;
     using Op = AdamElementOp<OpP, OpG, decltype(mode)::value, AMSGRAD,
-                             decltype(maximize)::value, GRAD_MODE, kDivisionFor<P>>;
+                             decltype(maximize)::value, GRAD_SOURCE, kDivisionFor<P>>;
     using T = typename Op::T;
     static_assert(std::is_same_v<T, typename AdamElementOp<P, G, decltype(mode)::value, AMSGRAD,
                                                            decltype(maximize)::value,
-                                                           GRAD_MODE>::T>,
+                                                           GRAD_SOURCE>::T>,
                   "stepping through float scratch must keep the storage's math type");
     // Params of one group almost always share a step count: derive the bias
     // corrections once per distinct step, not once per tensor.
@@ -130,17 +204,17 @@ void adam_all(const DenseRows& rows, const std::vector<double>& steps, const Ada
                    ? ops[i - 1]
                    : Op{make_adam_scalars<T>(lr, h.beta1, h.beta2, h.weight_decay, h.eps,
                                              steps[i]),
-                        grad_factor_as<T>(grad_factor)};
+                        grad_factor_as<T>(grad_factor, call.grad_source)};
     }
     segments.parallel_for_each_piece([&](int64_t t, int64_t begin, int64_t end) {
       if constexpr (IN_LANES) {
         const bool ends_tensor = end == numels[t] && static_cast<size_t>(t) + 1 < n;
-        adam_piece_in_lanes<AMSGRAD, GRAD_MODE != GradMode::kPlain>(
+        adam_piece_in_lanes<AMSGRAD, GRAD_SOURCE != GradSource::kPlain>(
             ops[t], pointers[t], begin, end, ends_tensor ? &pointers[t + 1] : nullptr);
       } else if constexpr (IN_PLACE) {
         adam_piece<AMSGRAD>(ops[t], pointers[t], begin, end);
       } else {
-        adam_piece_via_float<AMSGRAD, GRAD_MODE != GradMode::kPlain>(ops[t], pointers[t],
+        adam_piece_via_float<AMSGRAD, GRAD_SOURCE != GradSource::kPlain>(ops[t], pointers[t],
                                                                      begin, end);
       }
     });
@@ -149,8 +223,8 @@ void adam_all(const DenseRows& rows, const std::vector<double>& steps, const Ada
 
 }  // namespace
 
-void adam_cpu(const AdamCall& call, const char* op) {
-  run_host_adam(call, op, [&](auto param_tag, auto grad_tag, const DenseRows& rows,
+void adam_cpu(const AdamCall& call) {
+  run_host_adam(call, [&](auto param_tag, auto grad_tag, const DenseRows& rows,
                               const HostStep& step) {
     adam_all<decltype(param_tag), decltype(grad_tag)>(rows, step.steps, call, step.lr,
                                                       step.grad_factor);
@@ -159,3 +233,7 @@ void adam_cpu(const AdamCall& call, const char* op) {
 
 }  // namespace cpu
 }  // namespace fused_accum
+
+TORCH_LIBRARY_IMPL(fused_accum, CPU, m) {
+  fused_accum::register_adam_impls<fused_accum::cpu::adam_cpu>(m);
+}

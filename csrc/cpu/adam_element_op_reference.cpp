@@ -10,11 +10,8 @@
 
 #include <vector>
 
+#include "../adam_call.h"
 #include "../adam_element_op.h"
-#include "../adam_flag_dispatch.h"
-#include "../adam_ops.h"
-#include "../adam_schemas.h"
-#include "../adam_rows.h"
 #include "host_step.h"
 
 namespace fused_accum {
@@ -26,15 +23,15 @@ void update_through_element_op(const DenseRows& rows, const AdamCall& call,
                                const std::vector<double>& steps, double lr,
                                double grad_factor) {
   const AdamHyperparams& h = call.hyper;
-  dispatch_adam_flags(h, call.grad_mode, [&](auto mode, auto amsgrad, auto maximize,
-                                             auto grad_mode) {
+  dispatch_adam_flags(call, [&](auto mode, auto amsgrad, auto maximize,
+                                             auto grad_source) {
     constexpr bool AMSGRAD = decltype(amsgrad)::value;
     using Op = AdamElementOp<P, G, decltype(mode)::value, AMSGRAD, decltype(maximize)::value,
-                             decltype(grad_mode)::value>;
+                             decltype(grad_source)::value>;
     using T = typename Op::T;
     for (size_t i = 0; i < rows.rows(); ++i) {
       const Op op{make_adam_scalars<T>(lr, h.beta1, h.beta2, h.weight_decay, h.eps, steps[i]),
-                  grad_factor_as<T>(grad_factor)};
+                  grad_factor_as<T>(grad_factor, call.grad_source)};
       P* param = rows.at(kParams, i).data_ptr<P>();
       G* grad = rows.at(kGrads, i).data_ptr<G>();
       P* exp_avg = rows.at(kExpAvgs, i).data_ptr<P>();
@@ -51,8 +48,8 @@ void update_through_element_op(const DenseRows& rows, const AdamCall& call,
   });
 }
 
-void adam_through_element_op(const AdamCall& call, const char* op) {
-  run_host_adam(call, op, [&](auto param_tag, auto grad_tag, const DenseRows& rows,
+void adam_through_element_op(const AdamCall& call) {
+  run_host_adam(call, [&](auto param_tag, auto grad_tag, const DenseRows& rows,
                               const HostStep& step) {
     update_through_element_op<decltype(param_tag), decltype(grad_tag)>(
         rows, call, step.steps, step.lr, step.grad_factor);

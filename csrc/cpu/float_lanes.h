@@ -156,3 +156,24 @@ struct MathType<cpu::FloatLanes> {
 }  // namespace fused_accum
 
 #endif
+
+#include <type_traits>
+
+#include "vectorizable_storage.h"
+
+namespace fused_accum {
+namespace cpu {
+
+// Whether a loop over storage types P (params) and G (grads) runs on FloatLanes.
+#ifdef FUSED_ACCUM_FLOAT_LANES
+template <typename T>
+constexpr bool kLanesStorage = std::is_same_v<T, float> || std::is_same_v<T, Bf16Bits>;
+template <typename P, typename G>
+constexpr bool kSteppedInLanes = kLanesStorage<P> && kLanesStorage<G>;
+#else
+template <typename P, typename G>
+constexpr bool kSteppedInLanes = false;
+#endif
+
+}  // namespace cpu
+}  // namespace fused_accum

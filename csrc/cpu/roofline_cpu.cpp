@@ -14,9 +14,8 @@
 #include <vector>
 
 #include "../tensor_list_checks.h"
-#include "adam_piece_in_lanes.h"
-#include "prefetch.h"
-#include "segments.h"
+#include "float_lanes.h"
+#include "multi_tensor_loop.h"
 #include "vectorizable_storage.h"
 
 namespace fused_accum {
@@ -28,7 +27,7 @@ constexpr const char* kOp = "fused_accum_bench.stream_roofline_";
 // Each output depends on its own old value and on g, so no load or store can be
 // dropped; one add per stream keeps the loop memory-bound. T is a loop storage
 // type (vectorizable_storage.h), so bfloat16 vectorises as in the real step. It
-// prefetches as the Adam loop does over large tensors (prefetch.h): without, the
+// prefetches as the Adam loop does over large tensors (multi_tensor_loop.h): without, the
 // step would beat its own yardstick.
 template <typename T>
 void stream_piece(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m,

@@ -1,10 +1,13 @@
 // CUDA kernels of gradient accumulation and sums of squares, element math from
-// accumulate_math.h, sums through deterministic_sum.cuh.
+// accumulate_math.h.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
 
 #include <array>
 #include <vector>
@@ -12,20 +15,86 @@
 #include "../accumulate_args.h"
 #include "../accumulate_math.h"
 #include "../dense_rows.h"
-#include "accumulate_cuda.h"
-#include "deterministic_sum.cuh"
+#include "launch_plan.h"
 #include "multi_tensor_apply.cuh"
 
 namespace fused_accum {
 namespace cuda {
 namespace {
 
+// A sum over all blocks of all launches that gives the same bits on every run:
+// each block writes its partial to its own slot (indexed by the global block
+// number from the launch plan), then one block adds the partials in a fixed
+// order. No atomics, so no dependence on scheduling.
+
+// Sum of x over the threads of a block (blockDim.x == kBlockSize), the same
+// tree every time; every thread must call it and gets the total.
+__device__ __forceinline__ double block_sum(double x) {
+  __shared__ double shared[kBlockSize];
+  shared[threadIdx.x] = x;
+  __syncthreads();
+#pragma unroll
+  for (int stride = kBlockSize / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) shared[threadIdx.x] += shared[threadIdx.x + stride];
+    __syncthreads();
+  }
+  const double total = shared[0];
+  __syncthreads();  // shared may be reused by a later call
+  return total;
+}
+
+// Runs an element op that gathers a `sum` member over the chunk, then stores
+// the block's total at partials[global_block].
+template <typename Op, typename... Ts>
+struct SummingChunk {
+  Op op;
+  double* partials;
+  template <int DEPTH>
+  __device__ __forceinline__ void operator()(const ChunkMeta<DEPTH>& meta, int slot,
+                                             int64_t begin, int64_t count,
+                                             int64_t global_block) const {
+    const double total = run(meta, slot, begin, count, std::index_sequence_for<Ts...>{});
+    if (threadIdx.x == 0) partials[global_block] = total;
+  }
+
+ private:
+  template <int DEPTH, size_t... I>
+  __device__ __forceinline__ double run(const ChunkMeta<DEPTH>& meta, int slot,
+                                        int64_t begin, int64_t count,
+                                        std::index_sequence<I...>) const {
+    Op local = op;
+    for_each_element(count, local, static_cast<Ts*>(meta.addresses[I][slot]) + begin...);
+    return block_sum(local.sum);
+  }
+};
+
+template <typename Out>
+__global__ void __launch_bounds__(kBlockSize)
+    sum_partials_kernel(const double* partials, int64_t count, Out* out) {
+  double local = 0.0;
+  for (int64_t i = threadIdx.x; i < count; i += kBlockSize) local += partials[i];
+  const double total = block_sum(local);
+  if (threadIdx.x == 0) *out = static_cast<Out>(total);
+}
+
+// out (a 0-d float32 or float64 tensor) = sum of partials[0, count), on the
+// current stream. count may be 0: out is then 0.
+void sum_partials(const double* partials, int64_t count, const at::Tensor& out) {
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (out.scalar_type() == at::kDouble) {
+    sum_partials_kernel<<<1, kBlockSize, 0, stream>>>(partials, count, out.data_ptr<double>());
+  } else {
+    sum_partials_kernel<<<1, kBlockSize, 0, stream>>>(partials, count, out.data_ptr<float>());
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+
 template <typename B, typename G>
 struct AccumulateOp {
   float scale;
-  double sum;  // of the squares of the updated buffer, when summed
-  __device__ __forceinline__ void operator()(B& buffer, const G& grad) {
-    sum += square_as_double(accumulate_element(buffer, grad, scale));
+  __device__ __forceinline__ void operator()(B& buffer, const G& grad) const {
+    accumulate_element(buffer, grad, scale);
   }
 };
 
@@ -37,20 +106,14 @@ struct SquareOp {
   }
 };
 
-at::Tensor float_scalar_on(const at::Device& device) {
-  return at::empty({}, at::TensorOptions().dtype(at::kFloat).device(device));
-}
-
 at::Tensor partials_on(const at::Device& device, int64_t count) {
   return at::empty({count}, at::TensorOptions().dtype(at::kDouble).device(device));
 }
 
-// Returns the 0-d sum of squares of the updated buffers when want_sumsq, else
-// an undefined tensor.
-at::Tensor accumulate_all(at::TensorList buffers, at::TensorList grads, double scale,
-                          bool want_sumsq, const char* op) {
+void accumulate_cuda(at::TensorList buffers, at::TensorList grads, double scale) {
+  const char* op = "fused_accum.accumulate_";
   check_accumulate_args(buffers, grads, op);
-  if (buffers.empty()) return want_sumsq ? at::zeros({}, at::kFloat) : at::Tensor();
+  if (buffers.empty()) return;
   const at::Device device = buffers[0].device();
   TORCH_CHECK(device.is_cuda(), op, ": buffers must be CUDA tensors here, got ", device);
   const c10::cuda::CUDAGuard guard(device);
@@ -63,24 +126,13 @@ at::Tensor accumulate_all(at::TensorList buffers, at::TensorList grads, double s
     addresses[1].push_back(rows.at(1, i).data_ptr());
     numels[i] = rows.at(0, i).numel();
   }
-  at::Tensor result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grads[0].scalar_type(),
                                   "fused_accum_accumulate_cuda", [&] {
     using G = scalar_t;
     auto run = [&](auto buffer_tag) {
       using B = decltype(buffer_tag);
-      const AccumulateOp<B, G> element{static_cast<float>(scale), 0.0};
-      if (!want_sumsq) {
-        apply_chunked<2>(addresses, numels, ElementwiseChunk<AccumulateOp<B, G>, B, const G>{element});
-        return;
-      }
-      const int64_t blocks = launch_plan::count_chunks(numels, launch_plan::kChunkSize);
-      const at::Tensor partials = partials_on(device, blocks);
-      double* partial_data = partials.data_ptr<double>();
-      apply_chunked<2>(addresses, numels,
-                       SummingChunk<AccumulateOp<B, G>, B, const G>{element, partial_data});
-      result = float_scalar_on(device);
-      sum_partials(partial_data, blocks, result.data_ptr<float>());
+      const AccumulateOp<B, G> element{static_cast<float>(scale)};
+      apply_chunked<2>(addresses, numels, ElementwiseChunk<AccumulateOp<B, G>, B, const G>{element});
     };
     if (buffers[0].scalar_type() == at::kFloat) {
       run(float{});
@@ -89,20 +141,10 @@ at::Tensor accumulate_all(at::TensorList buffers, at::TensorList grads, double s
     }
   });
   rows.finish();
-  return result;
 }
 
-}  // namespace
-
-void accumulate_cuda(at::TensorList buffers, at::TensorList grads, double scale) {
-  accumulate_all(buffers, grads, scale, /*want_sumsq=*/false, "fused_accum.accumulate_");
-}
-
-at::Tensor accumulate_sumsq_cuda(at::TensorList buffers, at::TensorList grads, double scale) {
-  return accumulate_all(buffers, grads, scale, /*want_sumsq=*/true,
-                        "fused_accum.accumulate_sumsq_");
-}
-
+// Float64 when the tensors hold float64 values (a norm of a float64 model, as
+// clip_grad_norm_ computes it), else float32.
 at::Tensor sum_of_squares_cuda(at::TensorList tensors) {
   const char* op = "fused_accum.sum_of_squares";
   check_sum_of_squares_args(tensors, op);
@@ -113,9 +155,11 @@ at::Tensor sum_of_squares_cuda(at::TensorList tensors) {
 
   std::vector<at::Tensor> dense;
   std::vector<int64_t> numels;
+  at::ScalarType result_dtype = at::kFloat;
   for (const at::Tensor& t : tensors) {
     dense.push_back(t.is_non_overlapping_and_dense() ? t : t.contiguous());
     numels.push_back(t.numel());
+    if (t.scalar_type() == at::kDouble) result_dtype = at::kDouble;
   }
   const int64_t blocks = launch_plan::count_chunks(numels, launch_plan::kChunkSize);
   const at::Tensor partials = partials_on(device, blocks);
@@ -138,10 +182,16 @@ at::Tensor sum_of_squares_cuda(at::TensorList tensors) {
           addresses, group_numels, Chunk{{0.0}, partials.data_ptr<double>() + first_partial});
     });
   }
-  at::Tensor result = float_scalar_on(device);
-  sum_partials(partials.data_ptr<double>(), blocks, result.data_ptr<float>());
+  at::Tensor result = at::empty({}, at::TensorOptions().dtype(result_dtype).device(device));
+  sum_partials(partials.data_ptr<double>(), blocks, result);
   return result;
 }
 
+}  // namespace
 }  // namespace cuda
 }  // namespace fused_accum
+
+TORCH_LIBRARY_IMPL(fused_accum, CUDA, m) {
+  m.impl("accumulate_", &fused_accum::cuda::accumulate_cuda);
+  m.impl("sum_of_squares", &fused_accum::cuda::sum_of_squares_cuda);
+}

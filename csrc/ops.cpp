@@ -1,15 +1,34 @@
-// The Python module of the extension: importing it registers the operators
-// (static initialisers of the other translation units), it answers what was built,
-// and it holds the eager param-group step (param_group_step.h).
+// The fused_accum operator library and the extension's Python module.
+//
+// Importing the module registers the operators: their schemas here, their
+// kernels in each backend's own files (cpu/, cuda/), by static initialisers. The
+// module itself answers what was built and holds the eager param-group step
+// (param_group_step.cpp).
 #include <pybind11/pybind11.h>
+#include <torch/library.h>
 
 #include <string>
 
-#include "param_group_step.h"
+#include "adam_call.h"
 
 #ifndef FUSED_ACCUM_TORCH_VERSION
 #error "setup.py defines FUSED_ACCUM_TORCH_VERSION"
 #endif
+
+// Mutated lists carry alias annotations so functionalization, torch.compile and
+// opcheck see the writes.
+TORCH_LIBRARY(fused_accum, m) {
+  fused_accum::define_adam_schemas(m);
+  // buffers[i] += scale * grads[i], computed in float32.
+  m.def("accumulate_(Tensor(a!)[] buffers, Tensor[] grads, *, float scale=1.0) -> ()");
+  // Sum of squares of all elements of all tensors, as a 0-d tensor: float64 when
+  // any tensor is float64, else float32.
+  m.def("sum_of_squares(Tensor[] tensors) -> Tensor");
+}
+
+namespace fused_accum {
+void define_param_group_plan(pybind11::module_& m);  // param_group_step.cpp
+}  // namespace fused_accum
 
 namespace {
 
@@ -56,5 +75,5 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "fused_accum compiled extension: operators live in torch.ops.fused_accum";
   m.def("build_info", &build_info,
         "What this build contains: torch version, CPU instruction set, CUDA architectures.");
-  fused_accum::define_param_group_step(m);
+  fused_accum::define_param_group_plan(m);
 }

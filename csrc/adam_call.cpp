@@ -1,4 +1,5 @@
-#include "adam_args.h"
+// The argument checks of an Adam call, run by every backend before it writes.
+#include "adam_call.h"
 
 #include <c10/util/Exception.h>
 
@@ -21,7 +22,8 @@ void check_scalar_tensor(const std::optional<at::Tensor>& t, const char* op,
 
 }  // namespace
 
-void check_adam_lists(const AdamCall& call, const char* op) {
+void check_adam_lists(const AdamCall& call) {
+  const char* op = call.op;
   const AdamTensorLists& l = call.lists;
   const size_t n = l.params.size();
   check_list_length(l.grads, n, op, "grads");
@@ -45,18 +47,19 @@ void check_adam_lists(const AdamCall& call, const char* op) {
               op, ": params must be float32, float64, float16 or bfloat16, got ", dtype);
   check_scalar_tensor(call.lr_tensor, op, "lr", device);
   check_scalar_tensor(call.grad_factor, op,
-                      call.grad_mode == GradMode::kUnscale ? "grad_scale" : "grad_multiplier",
+                      call.grad_source == GradSource::kUnscale ? "grad_scale" : "grad_multiplier",
                       device);
   check_scalar_tensor(call.found_inf, op, "found_inf", device);
 }
 
-void check_adam_rows(const AdamCall& call, const char* op, size_t begin, size_t end) {
+void check_adam_rows(const AdamCall& call, size_t begin, size_t end) {
+  const char* op = call.op;
   if (begin >= end) return;
   const AdamTensorLists& l = call.lists;
   const at::Device device = l.params[0].device();
   const at::ScalarType dtype = l.params[0].scalar_type();
   // The window step reads float32 accumulation buffers for low-precision params.
-  const bool float_grads_allowed = call.grad_mode == GradMode::kScaleAndZero;
+  const bool float_grads_allowed = call.grad_source == GradSource::kWindowBuffer;
   for (size_t i = begin; i < end; ++i) {
     check_member(l.params[i], i, op, "params", device, dtype);
     check_same_shape(l.grads[i], l.params[i], i, op, "grads");
@@ -86,11 +89,6 @@ void check_adam_rows(const AdamCall& call, const char* op, size_t begin, size_t 
     TORCH_CHECK(step.device() == device, op, ": state_steps[", i, "] must be on ",
                 device, " like the params, got ", step.device());
   }
-}
-
-void check_adam_call(const AdamCall& call, const char* op) {
-  check_adam_lists(call, op);
-  check_adam_rows(call, op, 0, call.lists.params.size());
 }
 
 }  // namespace fused_accum
