@@ -52,29 +52,11 @@ double sum_of_squares_block(const X* __restrict__ x, int64_t begin, int64_t end)
   return sum;
 }
 
-// A read-only pass reaches the memory's speed only with several streams in flight
-// per core: the piece is read as kStreams interleaved quarters.
-constexpr int64_t kStreams = 4;
-
 template <typename X>
 double sum_of_squares_piece(const void* data, int64_t begin, int64_t end) {
   const X* __restrict__ x = static_cast<const X*>(data);
-  using S = SquareSum<X>;
-  const int64_t quarter = (end - begin) / kStreams / kBlock * kBlock;
   double total = 0.0;
-  for (int64_t offset = 0; offset < quarter; offset += kBlock) {
-    S sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = offset; i < offset + kBlock; ++i) {
-      S v0 = static_cast<S>(x[begin + i]);
-      S v1 = static_cast<S>(x[begin + quarter + i]);
-      S v2 = static_cast<S>(x[begin + 2 * quarter + i]);
-      S v3 = static_cast<S>(x[begin + 3 * quarter + i]);
-      sum += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3);
-    }
-    total += sum;
-  }
-  for (int64_t block = begin + kStreams * quarter; block < end; block += kBlock) {
+  for (int64_t block = begin; block < end; block += kBlock) {
     total += sum_of_squares_block(x, block, std::min(end, block + kBlock));
   }
   return total;
