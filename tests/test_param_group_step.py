@@ -299,6 +299,11 @@ def test_a_plan_follows_changes_to_params_and_state():
     def forget_a_state(params, opt):
         del opt.state[params[0]]
 
+    def pop_and_update_states(params, opt):
+        state = opt.state.pop(params[3])
+        opt.state.update({params[3]: {k: v.clone() for k, v in state.items()}})
+        opt.state.setdefault(params[4], {})
+
     def reload(params, opt):
         opt.load_state_dict(opt.state_dict())
 
@@ -308,6 +313,6 @@ def test_a_plan_follows_changes_to_params_and_state():
 
     step_both(0)
     for step, change in enumerate([replace_a_state, replace_a_state_tensor, forget_a_state,
-                                   reload, swap_two_params], start=1):
+                                   pop_and_update_states, reload, swap_two_params], start=1):
         both(change)
         step_both(step)
