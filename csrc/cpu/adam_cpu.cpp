@@ -31,9 +31,8 @@ struct RowPointers {
   P* max_exp_avg_sq;  // null without amsgrad
 };
 
-// The AVX-512 loop.
+// The AVX-512 loop (float_lanes.h).
 #ifdef FUSED_ACCUM_FLOAT_LANES
-
 
 // The functor of a float-math step, on 16 lanes: same mode, flags and division.
 template <typename FloatOp>
@@ -96,7 +95,6 @@ void adam_piece_in_lanes(const FloatOp& float_op, const RowPointers<P, G>& row, 
                          int64_t end, const RowPointers<P, G>* next);
 
 #endif
-
 
 // The innermost loop: plain, over restrict pointers, so the compiler vectorises
 // the inlined element update (no `omp simd`: it makes GCC privatise the class-typed
@@ -181,8 +179,7 @@ void adam_all(const DenseRows& rows, const std::vector<double>& steps, const Ada
     }
   });
   const Segments segments(numels);
-  dispatch_adam_flags(call, [&](auto mode, auto amsgrad, auto maximize,
-                                             auto grad_source) {
+  dispatch_adam_flags(call, [&](auto mode, auto amsgrad, auto maximize, auto grad_source) {
     constexpr bool AMSGRAD = decltype(amsgrad)::value;
     constexpr GradSource GRAD_SOURCE = decltype(grad_source)::value;
     constexpr bool IN_PLACE = kSteppedInPlace<P>;

@@ -23,8 +23,7 @@ void update_through_element_op(const DenseRows& rows, const AdamCall& call,
                                const std::vector<double>& steps, double lr,
                                double grad_factor) {
   const AdamHyperparams& h = call.hyper;
-  dispatch_adam_flags(call, [&](auto mode, auto amsgrad, auto maximize,
-                                             auto grad_source) {
+  dispatch_adam_flags(call, [&](auto mode, auto amsgrad, auto maximize, auto grad_source) {
     constexpr bool AMSGRAD = decltype(amsgrad)::value;
     using Op = AdamElementOp<P, G, decltype(mode)::value, AMSGRAD, decltype(maximize)::value,
                              decltype(grad_source)::value>;
