@@ -53,7 +53,7 @@ def _run_section(meta):
         "",
         f"- command: `{command.strip()}`"
         + (" (`--quick`: small shapes, fewer repeats; a smoke run, not a measurement "
-           "to quote)" if meta.get("quick") else ""),
+           "to quote)" if meta.get("quick") else " (full sizes, not `--quick`)"),
         f"- date (UTC): {meta.get('date', '?')}, {meta.get('wall_s', 0):.0f} s",
         f"- CPU: {meta.get('cpu', '?')}, {meta.get('logical_cpus', '?')} logical CPUs, "
         f"{meta.get('threads', '?')} torch threads; memory {meta.get('memory_gib', '?')} GiB",
