@@ -5,7 +5,6 @@ Text and markdown share one list of cells, so they always show the same numbers.
 
 import json
 
-from .variants import OURS
 
 RATIO = "ratio"  # stands for the table's own ratio column (Table.ratio_column)
 COLUMNS = ("variant", "median ms", "IQR ms", "GB/s", "of roofline", "ours in turn ms",
