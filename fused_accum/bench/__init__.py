@@ -2,6 +2,7 @@
 
 One job per module: shapes (tensor sets), timing and memory (measuring one call),
 roofline (what memory bandwidth allows), variants (the optimizers compared), scenarios
-(what is measured), report and plot (how results are shown), __main__ (the CLI),
-spread (each ratio over several runs' JSON files).
+(what is measured), report and plot (how results are shown), document (the whole of
+docs/benchmarks.md), __main__ (the CLI), spread (each ratio over several runs' JSON
+files), check_json (CI's check of a run's JSON file).
 """
