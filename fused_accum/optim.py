@@ -110,6 +110,20 @@ def _check_steppable(p):
         )
 
 
+class _PlanEntry:
+    """A param group's ParamGroupPlan and what it was built from: the group, the
+    state map and that map's change count (None for a map that counts none)."""
+
+    __slots__ = ("group", "state_map", "changes", "plan")
+
+    def __init__(self, group, state_map, changes, plan):
+        self.group, self.state_map, self.changes, self.plan = group, state_map, changes, plan
+
+    def is_current(self, group, state_map, changes):
+        return (changes is not None and self.group is group and self.state_map is state_map
+                and self.changes == changes and self.plan.matches(group["params"]))
+
+
 class _Window:
     """An accumulation window that GradAccumulator hands to optimizer.step():
     per param group, the buffers holding each param's window sum (None: not stepped),
@@ -139,7 +153,7 @@ class _FusedAdamStep:
 
     def _adopt_state(self):
         self.state = _StateMap(dict, self.state)
-        self._plans = {}  # id(group) -> [group, state map, its changes, plan]
+        self._plans = {}  # id(group) -> _PlanEntry
         # torch's fused optimizers take GradScaler's unscale and inf check into the
         # step; torch's differentiable implementation, which ours runs then, does not.
         self._step_supports_amp_scaling = not self._differentiable()
@@ -219,31 +233,29 @@ class _FusedAdamStep:
             self._step_group_eager(group, grads, window, grad_factor, found_inf)
 
     def _plan_entry(self, group):
-        """[group, state map, its change count, ParamGroupPlan] of a group, rebuilt
-        when the group's params or the optimizer's state map changed since."""
+        """The group's _PlanEntry, rebuilt when the group's params or the optimizer's
+        state map changed since it was made."""
         state = self.state
         # A state map set by the user (not a _StateMap) counts no changes: the plan
         # is then made afresh for every step.
         changes = state.changes if isinstance(state, _StateMap) else None
         entry = self._plans.get(id(group))
-        if (entry is not None and changes is not None and entry[0] is group
-                and entry[1] is state and entry[2] == changes
-                and entry[3].matches(group["params"])):
+        if entry is not None and entry.is_current(group, state, changes):
             return entry
         params = group["params"]
         states = [state[p] if p in state else None for p in params]
         plan = ParamGroupPlan(params, states, state, self._init_state)
-        entry = self._plans[id(group)] = [group, state, changes, plan]
+        entry = self._plans[id(group)] = _PlanEntry(group, state, changes, plan)
         return entry
 
     def _step_group_eager(self, group, grads, window, grad_factor, found_inf):
         entry = self._plan_entry(group)
-        entry[3].step(grads, window=window, lr=group["lr"], **hyperparams(group),
-                      grad_factor=grad_factor, found_inf=found_inf)
+        entry.plan.step(grads, window=window, lr=group["lr"], **hyperparams(group),
+                        grad_factor=grad_factor, found_inf=found_inf)
         # The states the plan created, for params stepped the first time, are
         # already in the plan.
-        if entry[2] is not None:
-            entry[2] = self.state.changes
+        if entry.changes is not None:
+            entry.changes = self.state.changes
 
     def _step_differentiable(self):
         """torch's differentiable Adam, through its functional form, on this
