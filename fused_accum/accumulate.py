@@ -27,9 +27,20 @@ the window (buffers and multiplier), so step hooks, profilers and LR schedulers 
 one ordinary step per window. A step() of the optimizer's own in the middle of a
 window is refused.
 
-Not supported: torch.amp.GradScaler (its inf check and unscale are not folded into
-the window step; scaler.step() on the optimizer is refused); use bf16 autocast or
-bf16 params instead.
+fp16 training: ``GradAccumulator(..., scaler=GradScaler(...))`` replaces torch's
+``scaler.scale(loss).backward()`` ... ``scaler.unscale_(opt)``, ``clip_grad_norm_``,
+``scaler.step(opt)``, ``scaler.update()``. backward() scales each loss, so the buffers
+(and fp32 params' ``p.grad``) hold scaled gradients; the window step folds 1/scale into
+the one multiplier, ``grad_norm`` and clipping see the unscaled gradient, a window with
+an inf or nan anywhere is skipped, and the scaler is updated once per window end as
+``scaler.update()`` would (backoff after a skipped window, growth after
+``growth_interval`` clean ones). Do not call the scaler's unscale_, step (refused) or
+update yourself. A disabled scaler is the same as none. Losses are not divided here
+either: a mean-loss micro-batch's scaled gradient is N times that of torch's recipe
+``scaler.scale(loss / N)``, so in float16 it overflows at an N times smaller scale,
+and the scaler settles about N times lower than in that recipe. ``state_dict()`` does not hold
+the scaler: save and load ``scaler.state_dict()`` alongside it, as with torch (a window
+in progress holds gradients scaled by the scaler's current scale).
 """
 
 import contextlib
@@ -52,9 +63,11 @@ class GradAccumulator:
     ``max_grad_norm=None`` disables clipping; otherwise the normalised window gradient
     is clipped exactly as ``torch.nn.utils.clip_grad_norm_`` would clip it. Grads of
     the optimizer's params should be None or zero when the accumulator is created.
+    ``scaler``: a ``torch.amp.GradScaler`` for fp16 training (see the module docstring),
+    or None.
     """
 
-    def __init__(self, optimizer, steps, max_grad_norm=None):
+    def __init__(self, optimizer, steps, max_grad_norm=None, scaler=None):
         if not isinstance(optimizer, _FusedAdamStep):
             raise TypeError(
                 "GradAccumulator needs a fused_accum.FusedAdam or FusedAdamW optimizer, "
@@ -74,10 +87,14 @@ class GradAccumulator:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         if max_grad_norm is not None and not float(max_grad_norm) > 0:
             raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm!r}")
+        if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+            raise TypeError(
+                f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}")
         self.optimizer = optimizer
         self.steps = steps
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.grad_norm = None
+        self._scaler = scaler if scaler is not None and scaler.is_enabled() else None
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
         self._index = {p: i for i, p in enumerate(self._params)}
         self._flats, self._buffers = _allocate_buffers(self._params)
@@ -105,7 +122,8 @@ class GradAccumulator:
 
     def backward(self, loss, weight=None):
         """loss.backward(), unscaled: the mean loss of a micro-batch, or with
-        `weight` a summed loss and what it sums over (e.g. its token count)."""
+        `weight` a summed loss and what it sums over (e.g. its token count). With a
+        scaler, scaler.scale(loss).backward()."""
         if self.micro_step >= self.steps:
             raise RuntimeError(
                 f"the window of {self.steps} micro-batches is full: call step() "
@@ -121,6 +139,8 @@ class GradAccumulator:
                 "cannot mix backward(loss) (mean losses) and backward(loss, weight=...) "
                 "(weighted losses) in one accumulation window"
             )
+        if self._scaler is not None:
+            loss = self._scaler.scale(loss)
         loss.backward()
         self._mode = mode
         self._weight_total += weight or 0.0
@@ -174,7 +194,9 @@ class GradAccumulator:
             scale = already_averaged_over / total
         else:
             scale = already_averaged_over / (self.micro_step * world)
-        multiplier = self._multiplier(grads, scale)
+        # With a scaler, a second host sync: its scale and growth tracker.
+        scaler_state = None if self._scaler is None else self._scaler.state_dict()
+        multiplier = self._multiplier(grads, scale, scaler_state)
         # The one host sync per window: step() must report whether the window counted.
         finite = bool(torch.isfinite(self.grad_norm))
         grads_per_group, start = [], 0
@@ -188,12 +210,17 @@ class GradAccumulator:
         finally:
             self.optimizer._window = None
         self._reset_window()
+        if scaler_state is not None:
+            # scaler.update() after scaler.step(opt): the window's inf check is the
+            # norm's (an inf or nan in any grad makes it non-finite).
+            self._scaler.load_state_dict(_updated_scaler_state(scaler_state, not finite))
         return finite
 
-    def _multiplier(self, grads, scale):
-        """scale * clip_coef as a 0-d tensor (non-finite when the norm is, which makes
-        the kernel discard the window). Sets self.grad_norm. Float64 when any grad
-        is float64, as clip_grad_norm_ reduces a float64 model, else float32."""
+    def _multiplier(self, grads, scale, scaler_state=None):
+        """scale * clip_coef (and 1/loss scale) as a 0-d tensor (non-finite when the
+        norm is, which makes the kernel discard the window). Sets self.grad_norm, the
+        norm of the normalised, unscaled gradient. Float64 when any grad is float64,
+        as clip_grad_norm_ reduces a float64 model, else float32."""
         by_device = {}
         for g in grads:
             if g is not None:
@@ -202,6 +229,21 @@ class GradAccumulator:
         sumsq = torch.zeros((), dtype=torch.float32, device=devices[0])
         for device, tensors in by_device.items():
             sumsq = sumsq + ops.sum_of_squares(tensors).to(devices[0])
+        if scaler_state is not None:
+            # GradScaler.unscale_'s inv_scale, computed as torch computes it: the
+            # reciprocal of the float32 scale in float64, rounded to float32. torch's
+            # recipe multiplies every grad by it (rounding to the grad's dtype), then
+            # by the clip coefficient (rounding again), with the 1/N of mean losses in
+            # the loss. Here normalisation * inv_scale * clip coefficient is one
+            # multiplier in the multiplier's dtype, and each element is multiplied
+            # once: the same bits as torch's when the scale and N are powers of two
+            # (GradScaler's default factors keep the scale one), else the gradient may
+            # differ in its last bit. The norm is the scaled buffers' times the same
+            # factor, exact for a power-of-two scale. A sum of squares that overflows
+            # float32 (a scaled norm above 1.8e19) counts as an inf.
+            inv_scale = torch.tensor(scaler_state["scale"], dtype=torch.float64)
+            inv_scale = inv_scale.reciprocal().float()
+            scale = inv_scale.to(dtype=sumsq.dtype, device=sumsq.device) * scale
         total_norm = sumsq.sqrt() * scale
         self.grad_norm = total_norm
         if self.max_grad_norm is None:
@@ -273,6 +315,7 @@ class GradAccumulator:
             "buffers": [flat.clone() for flat in self._flats.values()],
             "grads": fp_grads,
             "grad_norm": self.grad_norm,
+            "scaled": self._scaler is not None,
         }
 
     @torch.no_grad()
@@ -280,6 +323,11 @@ class GradAccumulator:
         if state["steps"] != self.steps:
             raise ValueError(f"state_dict is for steps={state['steps']}, this "
                              f"accumulator has steps={self.steps}")
+        scaled = state.get("scaled", False)
+        if state["micro_step"] and scaled != (self._scaler is not None):
+            raise ValueError(
+                f"state_dict holds a window of {'scaled' if scaled else 'unscaled'} "
+                f"gradients, and this accumulator has {'no' if scaled else 'a'} GradScaler")
         if len(state["buffers"]) != len(self._flats):
             raise ValueError("state_dict buffers do not match this optimizer's params")
         for flat, saved in zip(self._flats.values(), state["buffers"]):
@@ -293,6 +341,17 @@ class GradAccumulator:
         self._weight_total = state["weight_total"]
         self._touched = set(state["touched"])
         self.grad_norm = state["grad_norm"]
+
+
+def _updated_scaler_state(state, found_inf):
+    """A GradScaler state_dict after update(): torch._amp_update_scale_, the op
+    GradScaler.update() runs, on host copies of its scale and growth tracker."""
+    scale = torch.tensor(state["scale"], dtype=torch.float32)
+    tracker = torch.tensor(state["_growth_tracker"], dtype=torch.int32)
+    torch._amp_update_scale_(scale, tracker, torch.tensor(float(found_inf)),
+                             state["growth_factor"], state["backoff_factor"],
+                             state["growth_interval"])
+    return {**state, "scale": scale.item(), "_growth_tracker": int(tracker.item())}
 
 
 def _allocate_buffers(params):

@@ -299,7 +299,7 @@ class _FusedAdamStep:
 
     def _check_window_handoff(self, grad_scale):
         """Refuses a step that would step part of a GradAccumulator's window, or
-        one driven by torch.amp.GradScaler, which GradAccumulator does not support."""
+        one driven by torch.amp.GradScaler: the accumulator takes the scaler itself."""
         accumulator = self._accumulator
         if accumulator is None:
             return
@@ -307,9 +307,9 @@ class _FusedAdamStep:
             # GradScaler.step deletes these only after a step that returns.
             del self.grad_scale, self.found_inf
             raise RuntimeError(
-                "torch.amp.GradScaler is not supported with GradAccumulator: the window's "
-                "norm and clipping would apply to the scaled gradient. Train in bfloat16 "
-                "(autocast or bfloat16 params) instead"
+                "scaler.step() on an optimizer driven by a GradAccumulator: pass the "
+                "GradScaler to the accumulator (GradAccumulator(..., scaler=scaler)), which "
+                "unscales, checks for infs, steps and updates the scaler at each window end"
             )
         if self._window is None and accumulator.micro_step > 0:
             raise RuntimeError(
