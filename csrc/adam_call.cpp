@@ -37,6 +37,15 @@ void check_adam_lists(const AdamCall& call) {
                 ": max_exp_avg_sqs must be empty when amsgrad=False, got ",
                 l.max_exp_avg_sqs.size(), " tensors");
   }
+  const size_t given = !l.master_params.empty() + !l.compensations.empty() +
+                       !l.rounding_seeds.empty();
+  TORCH_CHECK(given <= 1, op, ": master_params (", l.master_params.size(),
+              " tensors), compensations (", l.compensations.size(),
+              ") and rounding_seeds (", l.rounding_seeds.size(),
+              ") are exclusive ways to write the params; give at most one");
+  if (!l.master_params.empty()) check_list_length(l.master_params, n, op, "master_params");
+  if (!l.compensations.empty()) check_list_length(l.compensations, n, op, "compensations");
+  if (!l.rounding_seeds.empty()) check_list_length(l.rounding_seeds, n, op, "rounding_seeds");
   if (n == 0) return;
 
   const at::Tensor& first = l.params[0];
@@ -45,6 +54,22 @@ void check_adam_lists(const AdamCall& call) {
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
                   dtype == at::kBFloat16,
               op, ": params must be float32, float64, float16 or bfloat16, got ", dtype);
+  const bool narrow = dtype == at::kHalf || dtype == at::kBFloat16;
+  TORCH_CHECK(l.master_params.empty() || narrow, op,
+              ": master_params are for bfloat16 and float16 params, got ", dtype, " params");
+  TORCH_CHECK(l.compensations.empty() || narrow, op,
+              ": compensations are for bfloat16 and float16 params, got ", dtype, " params");
+  TORCH_CHECK(l.rounding_seeds.empty() || dtype == at::kBFloat16, op,
+              ": rounding_seeds (stochastic rounding) are for bfloat16 params, got ", dtype,
+              " params");
+  TORCH_CHECK(l.exp_avgs[0].defined(), op, ": exp_avgs[0] is undefined");
+  const at::ScalarType state = l.exp_avgs[0].scalar_type();
+  TORCH_CHECK(state == dtype || (dtype != at::kDouble && (state == at::kFloat ||
+                                                          state == at::kBFloat16 ||
+                                                          state == at::kHalf)),
+              op, ": exp_avgs must have the params' dtype ", dtype,
+              dtype == at::kDouble ? "" : " or be float32, bfloat16 or float16", ", got ",
+              state);
   check_scalar_tensor(call.lr_tensor, op, "lr", device);
   check_scalar_tensor(call.grad_factor, op,
                       call.grad_source == GradSource::kUnscale ? "grad_scale" : "grad_multiplier",
@@ -58,6 +83,7 @@ void check_adam_rows(const AdamCall& call, size_t begin, size_t end) {
   const AdamTensorLists& l = call.lists;
   const at::Device device = l.params[0].device();
   const at::ScalarType dtype = l.params[0].scalar_type();
+  const at::ScalarType state = l.exp_avgs[0].scalar_type();
   // The window step reads float32 accumulation buffers for low-precision params.
   const bool float_grads_allowed = call.grad_source == GradSource::kWindowBuffer;
   for (size_t i = begin; i < end; ++i) {
@@ -76,11 +102,28 @@ void check_adam_rows(const AdamCall& call, size_t begin, size_t end) {
                 ": all grads must share one dtype, grads[0] is ", l.grads[0].scalar_type(),
                 " and grads[", i, "] is ", grad_dtype);
     check_member(l.grads[i], i, op, "grads", device, grad_dtype);
-    check_member(l.exp_avgs[i], i, op, "exp_avgs", device, dtype);
-    check_member(l.exp_avg_sqs[i], i, op, "exp_avg_sqs", device, dtype);
+    // One state dtype for all moments: the kernel is instantiated once per call.
+    check_member(l.exp_avgs[i], i, op, "exp_avgs", device, state);
+    check_member(l.exp_avg_sqs[i], i, op, "exp_avg_sqs", device, state);
     if (call.hyper.amsgrad) {
       check_same_shape(l.max_exp_avg_sqs[i], l.params[i], i, op, "max_exp_avg_sqs");
-      check_member(l.max_exp_avg_sqs[i], i, op, "max_exp_avg_sqs", device, dtype);
+      check_member(l.max_exp_avg_sqs[i], i, op, "max_exp_avg_sqs", device, state);
+    }
+    if (!l.master_params.empty()) {
+      check_same_shape(l.master_params[i], l.params[i], i, op, "master_params");
+      check_member(l.master_params[i], i, op, "master_params", device, at::kFloat);
+    }
+    if (!l.compensations.empty()) {
+      check_same_shape(l.compensations[i], l.params[i], i, op, "compensations");
+      check_member(l.compensations[i], i, op, "compensations", device, dtype);
+    }
+    if (!l.rounding_seeds.empty()) {
+      const at::Tensor& seed = l.rounding_seeds[i];
+      TORCH_CHECK(seed.numel() == 1 && seed.scalar_type() == at::kLong, op,
+                  ": rounding_seeds[", i, "] must be a one-element int64 tensor, got ",
+                  seed.scalar_type(), " with ", seed.numel(), " elements");
+      TORCH_CHECK(seed.device() == device, op, ": rounding_seeds[", i, "] must be on ",
+                  device, " like the params, got ", seed.device());
     }
     const at::Tensor& step = l.state_steps[i];
     TORCH_CHECK(step.numel() == 1 && step.scalar_type() == at::kFloat, op,

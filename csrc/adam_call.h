@@ -21,7 +21,8 @@ namespace fused_accum {
 
 #define FA_ADAM_LISTS                                                                  \
   "Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "                   \
-  "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps"
+  "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, "  \
+  "Tensor(g!)[] master_params, Tensor(h!)[] compensations, Tensor[] rounding_seeds"
 #define FA_ADAM_HYPER                                                                  \
   "float beta1, float beta2, float weight_decay, float eps, bool amsgrad, "            \
   "bool maximize, bool decoupled_weight_decay"
@@ -29,10 +30,16 @@ namespace fused_accum {
 // Declared by the fused_accum library (ops.cpp) and, for the host run of the
 // element functor, by fused_accum_testing (cpu/adam_element_op_reference.cpp).
 inline void define_adam_schemas(torch::Library& m) {
-  // One Adam/AdamW step over lists of tensors of one device and dtype. Each
-  // state_step is incremented, then used for the bias corrections. With
+  // One Adam/AdamW step over lists of tensors of one device and param dtype.
+  // Each state_step is incremented, then used for the bias corrections. With
   // grad_scale the grads are divided by it and written back unscaled; with a
-  // non-zero found_inf nothing at all changes.
+  // non-zero found_inf nothing at all changes. The moments may have another
+  // dtype than the params (float32, bfloat16 or float16; the math is float32).
+  // For bfloat16/float16 params at most one of three lists is not empty:
+  // master_params (float32 masters, stepped; the params become their rounding),
+  // compensations (Kahan: the value is param + compensation, both in the
+  // params' dtype) or rounding_seeds (bfloat16 only: one-element int64 seeds,
+  // the params are rounded stochastically, reproducibly from seed and step).
   m.def("adam_step_(" FA_ADAM_LISTS ", *, float lr, " FA_ADAM_HYPER
         ", Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
   m.def("adam_step_.tensor_lr(" FA_ADAM_LISTS ", *, Tensor lr, " FA_ADAM_HYPER
@@ -71,6 +78,9 @@ struct AdamTensorLists {
   at::TensorList exp_avg_sqs;
   at::TensorList max_exp_avg_sqs;  // empty unless amsgrad
   at::TensorList state_steps;      // 0-d float32, one per param
+  at::TensorList master_params;    // empty unless ParamWrite::kFromMaster
+  at::TensorList compensations;    // empty unless ParamWrite::kKahan
+  at::TensorList rounding_seeds;   // empty unless ParamWrite::kStochastic
 };
 
 struct AdamCall {
@@ -81,6 +91,14 @@ struct AdamCall {
   std::optional<at::Tensor> grad_factor;  // grad_scale (kUnscale) or multiplier (kWindowBuffer)
   std::optional<at::Tensor> found_inf;
   const char* op;                         // the operator's name, for messages
+
+  // Which list is given says how params are written (check_adam_lists allows one).
+  ParamWrite param_write() const {
+    if (!lists.master_params.empty()) return ParamWrite::kFromMaster;
+    if (!lists.compensations.empty()) return ParamWrite::kKahan;
+    if (!lists.rounding_seeds.empty()) return ParamWrite::kStochastic;
+    return ParamWrite::kInPlace;
+  }
 };
 
 // ----------------------------------------------------------------- checks
@@ -103,7 +121,8 @@ using AdamBackend = void (*)(const AdamCall&);
 #define FA_ADAM_LIST_PARAMS                                                              \
   at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,                  \
       at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,                         \
-      at::TensorList state_steps
+      at::TensorList state_steps, at::TensorList master_params,                           \
+      at::TensorList compensations, at::TensorList rounding_seeds
 #define FA_ADAM_HYPER_PARAMS                                                             \
   double beta1, double beta2, double weight_decay, double eps, bool amsgrad,             \
       bool maximize, bool decoupled_weight_decay
@@ -111,7 +130,8 @@ using AdamBackend = void (*)(const AdamCall&);
 inline AdamCall make_adam_call(FA_ADAM_LIST_PARAMS, double lr, FA_ADAM_HYPER_PARAMS,
                                GradSource source, const char* op) {
   AdamCall call;
-  call.lists = {params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps};
+  call.lists = {params,      grads,         exp_avgs,      exp_avg_sqs,   max_exp_avg_sqs,
+                state_steps, master_params, compensations, rounding_seeds};
   call.hyper = {lr, beta1, beta2, weight_decay, eps, amsgrad, maximize,
                 decoupled_weight_decay ? DecayMode::kDecoupled : DecayMode::kL2};
   call.grad_source = source;
@@ -120,7 +140,8 @@ inline AdamCall make_adam_call(FA_ADAM_LIST_PARAMS, double lr, FA_ADAM_HYPER_PAR
 }
 
 #define FA_ADAM_ARGS                                                                     \
-  params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
+  params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params,     \
+      compensations, rounding_seeds
 #define FA_HYPER_ARGS                                                                    \
   beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay
 
@@ -187,19 +208,31 @@ void register_adam_impls(torch::Library& m) {
 
 // ------------------------------------------------------- rows and dispatch
 
-// The lists of a row, in the order adam_dense_rows stages them.
-enum AdamRow { kParams = 0, kGrads, kExpAvgs, kExpAvgSqs, kMaxExpAvgSqs };
+// The lists of a row, in the order adam_dense_rows stages them: the first four
+// always, the optional ones after them when present (-1: absent).
+enum AdamRow { kParams = 0, kGrads, kExpAvgs, kExpAvgSqs };
+struct AdamOptionalRows {
+  int max_exp_avg_sq = -1;
+  int master = -1;
+  int compensation = -1;
+};
 
-// Row i: params[i], grads[i], exp_avgs[i], exp_avg_sqs[i] (and max_exp_avg_sqs[i]
-// with amsgrad), dense or staged. Grads are written only when the step rewrites them.
-inline DenseRows adam_dense_rows(const AdamCall& call) {
+// Row i: params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], then max_exp_avg_sqs[i],
+// master_params[i] or compensations[i] where given, dense or staged. Grads are
+// written only when the step rewrites them.
+inline DenseRows adam_dense_rows(const AdamCall& call, AdamOptionalRows* optional) {
   const AdamTensorLists& l = call.lists;
   std::vector<at::TensorList> lists = {l.params, l.grads, l.exp_avgs, l.exp_avg_sqs};
   std::vector<bool> mutated = {true, call.grad_source != GradSource::kPlain, true, true};
-  if (call.hyper.amsgrad) {
-    lists.push_back(l.max_exp_avg_sqs);
+  const auto add = [&](at::TensorList list, int* index) {
+    if (list.empty()) return;
+    *index = static_cast<int>(lists.size());
+    lists.push_back(list);
     mutated.push_back(true);
-  }
+  };
+  if (call.hyper.amsgrad) add(l.max_exp_avg_sqs, &optional->max_exp_avg_sq);
+  add(l.master_params, &optional->master);
+  add(l.compensations, &optional->compensation);
   return DenseRows(lists, mutated);
 }
 
@@ -218,41 +251,35 @@ void dispatch_adam_storage(const AdamCall& call, const Fn& fn) {
   });
 }
 
-// Calls fn(mode, amsgrad, maximize, grad_source), each an std::integral_constant,
-// so each kernel instance carries only the branches its configuration needs.
+// Calls fn(S{}) with the moments' storage type of a checked call whose params
+// are of type P: P itself, or the state dtype chosen (float32, bfloat16, float16).
+template <typename P, typename Fn>
+void dispatch_state_storage(const AdamCall& call, const Fn& fn) {
+  const at::ScalarType state = call.lists.exp_avgs[0].scalar_type();
+  if (state == c10::CppTypeToScalarType<P>::value) {
+    fn(P{});
+  } else if constexpr (!std::is_same_v<P, double>) {
+    switch (state) {
+      case at::kFloat:
+        return fn(float{});
+      case at::kBFloat16:
+        return fn(c10::BFloat16{});
+      case at::kHalf:
+        return fn(c10::Half{});
+      default:
+        TORCH_CHECK(false, call.op, ": unexpected moment dtype ", state);
+    }
+  } else {
+    TORCH_CHECK(false, call.op, ": float64 params keep float64 moments, got ", state);
+  }
+}
+
+// Calls fn(mode, amsgrad, maximize, grad_source), each an std::integral_constant
+// (dispatch_step_flags in adam_element_op.h).
 template <typename Fn>
 void dispatch_adam_flags(const AdamCall& call, const Fn& fn) {
-  auto with_bool = [](bool b, const auto& next) {
-    if (b) {
-      next(std::true_type{});
-    } else {
-      next(std::false_type{});
-    }
-  };
-  auto with_grad_source = [&](const auto& next) {
-    switch (call.grad_source) {
-      case GradSource::kPlain:
-        return next(std::integral_constant<GradSource, GradSource::kPlain>{});
-      case GradSource::kUnscale:
-        return next(std::integral_constant<GradSource, GradSource::kUnscale>{});
-      case GradSource::kWindowBuffer:
-        return next(std::integral_constant<GradSource, GradSource::kWindowBuffer>{});
-    }
-  };
-  auto with_decay_mode = [&](const auto& next) {
-    if (call.hyper.decay_mode == DecayMode::kL2) {
-      next(std::integral_constant<DecayMode, DecayMode::kL2>{});
-    } else {
-      next(std::integral_constant<DecayMode, DecayMode::kDecoupled>{});
-    }
-  };
-  with_decay_mode([&](auto mode) {
-    with_bool(call.hyper.amsgrad, [&](auto amsgrad) {
-      with_bool(call.hyper.maximize, [&](auto maximize) {
-        with_grad_source([&](auto source) { fn(mode, amsgrad, maximize, source); });
-      });
-    });
-  });
+  dispatch_step_flags(call.hyper.decay_mode, call.hyper.amsgrad, call.hyper.maximize,
+                      call.grad_source, fn);
 }
 
 }  // namespace fused_accum

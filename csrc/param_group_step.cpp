@@ -29,6 +29,8 @@
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 
+#include "adam_element_op.h"
+
 #include <deque>
 #include <optional>
 #include <string>
@@ -71,13 +73,16 @@ struct TensorGroup {
   at::Device device;
   at::ScalarType dtype;
   BorrowedTensorList params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps;
+  // What the group's low-precision option keeps (master_params, compensations or
+  // rounding_seeds): filled for bfloat16 and float16 params only.
+  BorrowedTensorList write_states;
 };
 
 TensorGroup& group_for(std::vector<TensorGroup>& groups, const at::Tensor& param) {
   for (TensorGroup& g : groups) {
     if (g.device == param.device() && g.dtype == param.scalar_type()) return g;
   }
-  groups.push_back(TensorGroup{param.device(), param.scalar_type(), {}, {}, {}, {}, {}, {}});
+  groups.push_back(TensorGroup{param.device(), param.scalar_type(), {}, {}, {}, {}, {}, {}, {}});
   return groups.back();
 }
 
@@ -103,15 +108,38 @@ struct StateKeys {
           max_exp_avg_sq = interned("max_exp_avg_sq"), step = interned("step");
 };
 
-// state[key] as a tensor; the dict is a param's state, as torch.optim keeps it.
-const at::Tensor& state_tensor(PyObject* state, PyObject* key, size_t i) {
-  PyObject* value = PyDict_GetItemWithError(state, key);  // borrowed
-  if (value != nullptr && THPVariable_Check(value)) return THPVariable_Unpack(value);
-  if (PyErr_Occurred()) throw py::error_already_set();
-  const std::string where = "optimizer state of params[" + std::to_string(i) + "]";
-  const std::string name = py::str(key).cast<std::string>();
-  if (value == nullptr) throw py::key_error(where + " has no '" + name + "'");
-  throw py::type_error(where + "['" + name + "'] must be a Tensor, got " +
+// The values a step needs from a param's state dict (borrowed references).
+struct StateTensors {
+  PyObject* step = nullptr;
+  PyObject* exp_avg = nullptr;
+  PyObject* exp_avg_sq = nullptr;
+  PyObject* max_exp_avg_sq = nullptr;  // with amsgrad
+  PyObject* write_state = nullptr;     // with a write key
+};
+
+// Looks the values up, each once; false when one is missing, as before a param's
+// first step or after its group switched on amsgrad or a low-precision option.
+bool find_state_tensors(PyObject* state, const StateKeys& keys, bool amsgrad,
+                        PyObject* write_key, StateTensors* found) {
+  const auto get = [&](PyObject* key) {
+    PyObject* value = PyDict_GetItemWithError(state, key);
+    if (value == nullptr && PyErr_Occurred()) throw py::error_already_set();
+    return value;
+  };
+  found->step = get(keys.step.ptr());
+  found->exp_avg = get(keys.exp_avg.ptr());
+  found->exp_avg_sq = get(keys.exp_avg_sq.ptr());
+  found->max_exp_avg_sq = amsgrad ? get(keys.max_exp_avg_sq.ptr()) : nullptr;
+  found->write_state = write_key != nullptr ? get(write_key) : nullptr;
+  return found->step && found->exp_avg && found->exp_avg_sq &&
+         (!amsgrad || found->max_exp_avg_sq) && (write_key == nullptr || found->write_state);
+}
+
+// A state value as a tensor; `key` names it in the message.
+const at::Tensor& as_state_tensor(PyObject* value, PyObject* key, size_t i) {
+  if (THPVariable_Check(value)) return THPVariable_Unpack(value);
+  throw py::type_error("optimizer state of params[" + std::to_string(i) + "]['" +
+                       py::str(key).cast<std::string>() + "'] must be a Tensor, got " +
                        Py_TYPE(value)->tp_name);
 }
 
@@ -141,8 +169,9 @@ OptionalTensor on_device(const OptionalTensor& t, const at::Device& device) {
   return t->to(device);
 }
 
-#define FA_ADAM_LIST_TYPES \
-  TensorList, TensorList, TensorList, TensorList, TensorList, TensorList
+#define FA_ADAM_LIST_TYPES                                                             \
+  TensorList, TensorList, TensorList, TensorList, TensorList, TensorList, TensorList, \
+      TensorList, TensorList
 #define FA_ADAM_HYPER_TYPES double, double, double, double, bool, bool, bool
 
 using StepFloatLr = void(FA_ADAM_LIST_TYPES, double, FA_ADAM_HYPER_TYPES,
@@ -168,7 +197,7 @@ struct Hyper {
 };
 
 void call_operator(const TensorGroup& g, const LearningRate& lr, const Hyper& h,
-                   bool window, const OptionalTensor& grad_factor,
+                   ParamWrite write, bool window, const OptionalTensor& grad_factor,
                    const OptionalTensor& found_inf) {
   static const auto step_float = find_operator<StepFloatLr>("fused_accum::adam_step_", "");
   static const auto step_tensor =
@@ -180,7 +209,14 @@ void call_operator(const TensorGroup& g, const LearningRate& lr, const Hyper& h,
   const OptionalTensor lr_tensor = on_device(lr.tensor, g.device);
   const OptionalTensor factor = on_device(grad_factor, g.device);
   const OptionalTensor inf = on_device(found_inf, g.device);
-#define FA_LISTS g.params, g.grads, g.exp_avgs, g.exp_avg_sqs, g.max_exp_avg_sqs, g.steps
+  const TensorList none;
+  const bool writes = !TensorList(g.write_states).empty();
+  const TensorList masters = writes && write == ParamWrite::kFromMaster ? g.write_states : none;
+  const TensorList compensations = writes && write == ParamWrite::kKahan ? g.write_states : none;
+  const TensorList seeds = writes && write == ParamWrite::kStochastic ? g.write_states : none;
+#define FA_LISTS                                                                          \
+  g.params, g.grads, g.exp_avgs, g.exp_avg_sqs, g.max_exp_avg_sqs, g.steps, masters,     \
+      compensations, seeds
 #define FA_HYPER h.beta1, h.beta2, h.weight_decay, h.eps, h.amsgrad, h.maximize, h.decoupled
   if (window) {
     if (lr_tensor) {
@@ -201,7 +237,7 @@ class ParamGroupPlan {
  public:
   // `params` is a group's "params" list; `states[i]` the state dict of params[i]
   // in `state_map` (the optimizer's state), or None where it has none yet;
-  // init_state(param, amsgrad) creates or completes a param's state and returns it.
+  // init_state(param) creates or completes a param's state and returns it.
   ParamGroupPlan(const py::list& params, const py::list& states, py::object state_map,
                  py::object init_state)
       : state_map_(std::move(state_map)), init_state_(std::move(init_state)) {
@@ -233,10 +269,12 @@ class ParamGroupPlan {
   // GradScaler's scale) or adam_window_step_ (window=true; grad_factor is the
   // window multiplier). `grads` is None (each param's .grad) or a list aligned
   // with the params, None entries skipped.
+  // write_key names the state tensor that bfloat16 and float16 params are written
+  // through (None: written in place), param_write its ParamWrite value.
   void step(const py::object& grads, bool window, const py::object& lr, double beta1,
             double beta2, double weight_decay, double eps, bool amsgrad, bool maximize,
-            bool decoupled_weight_decay, const py::object& grad_factor,
-            const py::object& found_inf) {
+            bool decoupled_weight_decay, const py::object& write_key, int param_write,
+            const py::object& grad_factor, const py::object& found_inf) {
     HANDLE_TH_ERRORS
     const Hyper hyper{beta1, beta2, weight_decay, eps, amsgrad, maximize,
                       decoupled_weight_decay};
@@ -250,18 +288,26 @@ class ParamGroupPlan {
       throw std::runtime_error("ParamGroupPlan.step must run under torch.no_grad()");
     }
     // Views made for complex params; a deque, so adding one moves none of the others.
+    if (param_write < 0 || param_write > static_cast<int>(ParamWrite::kStochastic) ||
+        write_key.is_none() != (param_write == 0)) {
+      throw py::value_error("param_write must be 0 without a write_key, or 1-3 with one");
+    }
+    const ParamWrite write = static_cast<ParamWrite>(param_write);
     std::deque<at::Tensor> views;
-    const std::vector<TensorGroup> groups = group(grads, amsgrad, views);
+    const std::vector<TensorGroup> groups =
+        group(grads, amsgrad, write_key.is_none() ? nullptr : write_key.ptr(), views);
     // Under no_grad the autograd and ADInplaceOrView kernels of these operators
     // are boxed fallbacks that only pass the call on; like torch's fused step,
     // this one bumps no version counters.
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    for (const TensorGroup& g : groups) call_operator(g, rate, hyper, window, factor, inf);
+    for (const TensorGroup& g : groups) {
+      call_operator(g, rate, hyper, write, window, factor, inf);
+    }
     END_HANDLE_TH_ERRORS_PYBIND
   }
 
  private:
-  std::vector<TensorGroup> group(const py::object& grads, bool amsgrad,
+  std::vector<TensorGroup> group(const py::object& grads, bool amsgrad, PyObject* write_key,
                                  std::deque<at::Tensor>& views) {
     // Never destroyed: Python objects must not be released after the interpreter ends.
     static const StateKeys& keys = *new StateKeys();
@@ -276,7 +322,6 @@ class ParamGroupPlan {
                             " params, " + std::to_string(PyList_GET_SIZE(grads.ptr())) +
                             " grads");
     }
-    const Py_ssize_t full_state = amsgrad ? 4 : 3;
     // Once init_state has run, Python code may have changed any param's state:
     // the params after it are looked up in the state map again.
     bool python_ran = false;
@@ -305,20 +350,31 @@ class ParamGroupPlan {
         throw py::type_error("optimizer state of params[" + std::to_string(i) +
                              "] must be a dict, got " + Py_TYPE(state)->tp_name);
       }
-      if (state == Py_None || PyDict_Size(state) < full_state) {
-        states_[i] = init_state_(param_objects_[i], amsgrad);
+      const bool narrow = param->scalar_type() == at::kBFloat16 ||
+                          param->scalar_type() == at::kHalf;
+      StateTensors found;
+      if (state == Py_None ||
+          !find_state_tensors(state, keys, amsgrad, narrow ? write_key : nullptr, &found)) {
+        states_[i] = init_state_(param_objects_[i]);
         state = states_[i].ptr();
         python_ran = true;
         if (!PyDict_Check(state)) {
           throw py::type_error("init_state must return a dict, got " +
                                std::string(Py_TYPE(state)->tp_name));
         }
+        if (!find_state_tensors(state, keys, amsgrad, narrow ? write_key : nullptr, &found)) {
+          throw py::key_error("init_state left the optimizer state of params[" +
+                              std::to_string(i) + "] incomplete");
+        }
       }
-      const at::Tensor* exp_avg = &state_tensor(state, keys.exp_avg.ptr(), i);
-      const at::Tensor* exp_avg_sq = &state_tensor(state, keys.exp_avg_sq.ptr(), i);
+      const at::Tensor* exp_avg = &as_state_tensor(found.exp_avg, keys.exp_avg.ptr(), i);
+      const at::Tensor* exp_avg_sq = &as_state_tensor(found.exp_avg_sq, keys.exp_avg_sq.ptr(), i);
       const at::Tensor* max_exp_avg_sq =
-          amsgrad ? &state_tensor(state, keys.max_exp_avg_sq.ptr(), i) : nullptr;
-      const at::Tensor& step = state_tensor(state, keys.step.ptr(), i);
+          amsgrad ? &as_state_tensor(found.max_exp_avg_sq, keys.max_exp_avg_sq.ptr(), i) : nullptr;
+      const at::Tensor& step = as_state_tensor(found.step, keys.step.ptr(), i);
+      const at::Tensor* write_state =
+          found.write_state != nullptr ? &as_state_tensor(found.write_state, write_key, i)
+                                       : nullptr;
       if (param->is_complex()) {
         // torch steps complex params as pairs of reals; so do the kernels.
         const auto as_real = [&](const at::Tensor* t) {
@@ -338,6 +394,7 @@ class ParamGroupPlan {
       g.exp_avg_sqs.push_back(*exp_avg_sq);
       if (amsgrad) g.max_exp_avg_sqs.push_back(*max_exp_avg_sq);
       g.steps.push_back(step);
+      if (write_state != nullptr) g.write_states.push_back(*write_state);
     }
     return groups;
   }
@@ -362,7 +419,8 @@ void define_param_group_plan(py::module_& m) {
       .def("step", &ParamGroupPlan::step, py::arg("grads"), py::kw_only(), py::arg("window"),
            py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("weight_decay"),
            py::arg("eps"), py::arg("amsgrad"), py::arg("maximize"),
-           py::arg("decoupled_weight_decay"), py::arg("grad_factor"), py::arg("found_inf"),
+           py::arg("decoupled_weight_decay"), py::arg("write_key"), py::arg("param_write"),
+           py::arg("grad_factor"), py::arg("found_inf"),
            "Steps the params with a gradient, grouped by (device, dtype), through "
            "fused_accum::adam_step_ or (window=True) adam_window_step_.");
 }

@@ -15,6 +15,18 @@ from ._ops import ops
 
 _STEP_DTYPE = torch.float32  # torch's fused and capturable layout for state["step"]
 _SUPPORTED_DEVICES = ("cuda", "cpu")
+_NARROW = (torch.bfloat16, torch.float16)
+_STATE_DTYPES = (None, torch.float32, torch.bfloat16, torch.float16)
+
+# How low-precision params are written back: the group option that asks for it, the
+# state key of the tensor it keeps, and the ParamWrite value of the kernels
+# (csrc/adam_element_op.h). Exclusive: at most one option is on in a group.
+_PARAM_WRITES = (
+    ("master_weights", "master_param", 1),
+    ("kahan_summation", "kahan_compensation", 2),
+    ("stochastic_rounding", "stochastic_rounding_seed", 3),
+)
+_LOW_PRECISION_OPTIONS = tuple(option for option, _, _ in _PARAM_WRITES) + ("state_dtype",)
 
 
 class _StateMap(defaultdict):
@@ -67,15 +79,43 @@ class _StateMap(defaultdict):
 class _TensorLists:
     """The argument lists of one operator call: tensors of one device and dtype."""
 
-    __slots__ = ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "steps")
+    __slots__ = ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "steps",
+                 "masters", "compensations", "seeds")
 
     def __init__(self):
         self.params, self.grads, self.exp_avgs = [], [], []
         self.exp_avg_sqs, self.max_exp_avg_sqs, self.steps = [], [], []
+        self.masters, self.compensations, self.seeds = [], [], []
 
     def as_args(self):
         return (self.params, self.grads, self.exp_avgs, self.exp_avg_sqs,
-                self.max_exp_avg_sqs, self.steps)
+                self.max_exp_avg_sqs, self.steps, self.masters, self.compensations, self.seeds)
+
+
+def _check_low_precision_options(group):
+    """Validates a param group's low-precision options, as torch validates its own."""
+    for option, _, _ in _PARAM_WRITES:
+        if not isinstance(group[option], bool):
+            raise ValueError(f"{option} must be True or False, got {group[option]!r}")
+    on = [option for option, _, _ in _PARAM_WRITES if group[option]]
+    if len(on) > 1:
+        raise ValueError(
+            f"{on[0]} and {on[1]} are exclusive ways to write low-precision params; "
+            "choose one"
+        )
+    if group["state_dtype"] not in _STATE_DTYPES:
+        raise ValueError(
+            "state_dtype must be None, torch.float32, torch.bfloat16 or torch.float16, "
+            f"got {group['state_dtype']!r}"
+        )
+
+
+def param_write(group):
+    """The group's write-back option as (state key, ParamWrite value), or (None, 0)."""
+    for option, key, write in _PARAM_WRITES:
+        if group[option]:
+            return key, write
+    return None, 0
 
 
 def hyperparams(group):
@@ -140,6 +180,7 @@ class _FusedAdamStep:
     """State layout, grouping and the fused step shared by FusedAdam and FusedAdamW."""
 
     def _init_fused(self):
+        self.defaults.update(self._low_precision_defaults)
         self._accumulator = None  # the GradAccumulator driving this optimizer, if any
         self._window = None       # the window it hands to step()
         self._adopt_state()
@@ -161,18 +202,26 @@ class _FusedAdamStep:
     def _differentiable(self):
         return any(group["differentiable"] for group in self.param_groups)
 
-    def _init_state(self, p, amsgrad):
-        """Creates or completes p's state, as torch's fused optimizer lays it out,
-        and returns it."""
+    def _init_state(self, p, group):
+        """Creates or completes p's state, as torch's fused optimizer lays it out plus
+        what the group's low-precision options keep, and returns it."""
         state = self.state[p]
+        moments = _moment_dtype(p, group)
         if len(state) == 0:
             _check_steppable(p)
             state["step"] = torch.zeros((), dtype=_STEP_DTYPE, device=p.device)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if amsgrad and "max_exp_avg_sq" not in state:
+            state["exp_avg"] = torch.zeros_like(p, dtype=moments,
+                                                memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=moments,
+                                                   memory_format=torch.preserve_format)
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:
             # Also when amsgrad is switched on for a param that already has moments.
-            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["max_exp_avg_sq"] = torch.zeros_like(p, dtype=moments,
+                                                       memory_format=torch.preserve_format)
+        key, _ = param_write(group)
+        if key is not None and p.dtype in _NARROW and key not in state:
+            # Also for a state loaded from a checkpoint of torch's optimizer.
+            state[key] = _new_write_state(p, key)
         return state
 
     def group_tensors(self, group, grads=None):
@@ -184,6 +233,7 @@ class _FusedAdamStep:
         ParamGroupPlan (csrc/param_group_step.cpp), used under torch.compile.
         """
         amsgrad = group["amsgrad"]
+        write_key, _ = param_write(group)
         params = group["params"]
         if grads is None:
             grads = [p.grad for p in params]
@@ -196,8 +246,9 @@ class _FusedAdamStep:
                     "Adam does not support sparse gradients, please consider SparseAdam instead"
                 )
             state = self.state[p]
-            if len(state) < (4 if amsgrad else 3):
-                self._init_state(p, amsgrad)
+            writes = write_key is not None and p.dtype in _NARROW
+            if (len(state) < (4 if amsgrad else 3) or (writes and write_key not in state)):
+                self._init_state(p, group)
             exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
             max_exp_avg_sq = state["max_exp_avg_sq"] if amsgrad else None
             if p.is_complex():
@@ -217,6 +268,9 @@ class _FusedAdamStep:
             if amsgrad:
                 lists.max_exp_avg_sqs.append(max_exp_avg_sq)
             lists.steps.append(state["step"])
+            if writes:
+                {"master_param": lists.masters, "kahan_compensation": lists.compensations,
+                 "stochastic_rounding_seed": lists.seeds}[write_key].append(state[write_key])
         return grouped
 
     def _step_group(self, group, *, grads=None, window=False, grad_factor=None, found_inf=None):
@@ -244,14 +298,17 @@ class _FusedAdamStep:
             return entry
         params = group["params"]
         states = [state[p] if p in state else None for p in params]
-        plan = ParamGroupPlan(params, states, state, self._init_state)
+        plan = ParamGroupPlan(params, states, state,
+                              lambda p, group=group: self._init_state(p, group))
         entry = self._plans[id(group)] = _PlanEntry(group, state, changes, plan)
         return entry
 
     def _step_group_eager(self, group, grads, window, grad_factor, found_inf):
         entry = self._plan_entry(group)
+        write_key, write = param_write(group)
         entry.plan.step(grads, window=window, lr=group["lr"], **hyperparams(group),
-                        grad_factor=grad_factor, found_inf=found_inf)
+                        write_key=write_key, param_write=write, grad_factor=grad_factor,
+                        found_inf=found_inf)
         # The states the plan created, for params stepped the first time, are
         # already in the plan.
         if entry.changes is not None:
@@ -270,7 +327,7 @@ class _FusedAdamStep:
                     params.append(p)
                     grads.append(p.grad)
             amsgrad = group["amsgrad"]
-            states = [self._init_state(p, amsgrad) for p in params]
+            states = [self._init_state(p, group) for p in params]
             beta1, beta2 = group["betas"]
             torch_adam(
                 params, grads, [s["exp_avg"] for s in states],
@@ -350,8 +407,41 @@ class _FusedAdamStep:
             self._step_group(group, grad_factor=grad_scale, found_inf=found_inf)
         return loss
 
+    def add_param_group(self, param_group):
+        for option in _LOW_PRECISION_OPTIONS:
+            param_group.setdefault(option, self._low_precision_defaults[option])
+        _check_low_precision_options(param_group)
+        if param_group.get("differentiable", self.defaults["differentiable"]) and (
+                param_write(param_group)[0] is not None or param_group["state_dtype"] is not None):
+            raise ValueError(
+                "differentiable=True steps with torch's own Adam, which keeps no master "
+                "weights, compensation or other state dtype; turn those options off"
+            )
+        super().add_param_group(param_group)
+
     def load_state_dict(self, state_dict):
+        # A checkpoint of torch's optimizer has no low-precision options: the groups
+        # keep this optimizer's. torch casts every saved state tensor to its param's
+        # dtype, which would round float32 masters and moments of bfloat16 params:
+        # those are taken from the checkpoint again, in the dtypes the options ask for.
+        options = [{option: group[option] for option in _LOW_PRECISION_OPTIONS}
+                   for group in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, group_options in zip(self.param_groups, options):
+            for option, value in group_options.items():
+                group.setdefault(option, value)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [(p, g) for g in self.param_groups for p in g["params"]]
+        for saved_id, (p, group) in zip(saved_ids, params):
+            saved = state_dict["state"].get(saved_id)
+            if saved is None or p not in self.state:
+                continue
+            state = self.state[p]
+            for key, value in saved.items():
+                dtype = _saved_state_dtype(p, group, key)
+                if dtype is not None and isinstance(value, torch.Tensor):
+                    state[key] = value.to(device=p.device, dtype=dtype)
+            self._init_state(p, group)
         # A checkpoint of a non-fused torch optimizer keeps "step" on the CPU, and in
         # float64 when that was torch's default dtype; the kernels read it as a float32
         # scalar next to the param. Keys that are not params (a load_state_dict hook
@@ -362,6 +452,46 @@ class _FusedAdamStep:
             step = state.get("step")
             if step is not None:
                 state["step"] = torch.as_tensor(step, dtype=_STEP_DTYPE).reshape(()).to(p.device)
+
+
+def _moment_dtype(p, group):
+    """The dtype of p's exp_avg, exp_avg_sq and max_exp_avg_sq in this group."""
+    state_dtype = group["state_dtype"]
+    if state_dtype is None:
+        return torch.float32 if group["master_weights"] and p.dtype in _NARROW else p.dtype
+    if not (p.dtype == torch.float32 or p.dtype in _NARROW):
+        raise ValueError(
+            f"state_dtype={state_dtype} is for float32, bfloat16 and float16 params; a "
+            f"{p.dtype} param keeps its moments in its own dtype (use a separate param "
+            "group with state_dtype=None)"
+        )
+    return state_dtype
+
+
+def _new_write_state(p, key):
+    """The state tensor a low-precision option keeps for p, made from p."""
+    if key == "master_param":
+        return torch.empty_like(p, dtype=torch.float32,
+                                memory_format=torch.preserve_format).copy_(p)
+    if key == "kahan_compensation":
+        return torch.zeros_like(p, memory_format=torch.preserve_format)
+    if p.dtype != torch.bfloat16:
+        raise ValueError(
+            f"stochastic_rounding is for bfloat16 params, got a {p.dtype} param; use "
+            "master_weights or kahan_summation for it"
+        )
+    # Drawn from torch's default generator: torch.manual_seed makes runs repeat, and
+    # the seed is state, so a resumed run continues the same stream.
+    seed = torch.randint(-2**63, 2**63 - 1, (), dtype=torch.int64)
+    return seed.to(p.device)
+
+
+def _saved_state_dtype(p, group, key):
+    """The dtype a checkpoint's state[key] of p is loaded in (None: as torch loads it)."""
+    if key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        return _moment_dtype(p, group) if p.is_floating_point() else None
+    return {"master_param": torch.float32, "kahan_compensation": p.dtype,
+            "stochastic_rounding_seed": torch.int64}.get(key)
 
 
 def _to(t, device):
@@ -381,7 +511,12 @@ class FusedAdam(_FusedAdamStep, torch.optim.Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
-                 differentiable=False, fused=None, decoupled_weight_decay=False):
+                 differentiable=False, fused=None, decoupled_weight_decay=False,
+                 master_weights=False, kahan_summation=False, stochastic_rounding=False,
+                 state_dtype=None):
+        self._low_precision_defaults = dict(
+            master_weights=master_weights, kahan_summation=kahan_summation,
+            stochastic_rounding=stochastic_rounding, state_dtype=state_dtype)
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable,
                          differentiable=differentiable, fused=fused,
@@ -395,7 +530,11 @@ class FusedAdamW(_FusedAdamStep, torch.optim.AdamW):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
-                 differentiable=False, fused=None):
+                 differentiable=False, fused=None, master_weights=False,
+                 kahan_summation=False, stochastic_rounding=False, state_dtype=None):
+        self._low_precision_defaults = dict(
+            master_weights=master_weights, kahan_summation=kahan_summation,
+            stochastic_rounding=stochastic_rounding, state_dtype=state_dtype)
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                          foreach=foreach, capturable=capturable,
                          differentiable=differentiable, fused=fused)

@@ -40,6 +40,7 @@ def state_with(special):
     lists = {k: [t.to(torch.bfloat16) for t in ts] for k, ts in lists.items()}
     lists["max_exp_avg_sqs"] = []
     lists["state_steps"] = [torch.tensor(3.0)]
+    lists.update(master_params=[], compensations=[], rounding_seeds=[])
     return lists
 
 

@@ -16,7 +16,22 @@ def adam_lists(dtype=torch.float32, grad_dtype=None, n=3):
     grads = [torch.randn(s, dtype=grad_dtype or dtype) for s in shapes]
     states = [[torch.rand(s, dtype=dtype) for s in shapes] for _ in range(3)]
     steps = [torch.tensor(float(i + 1)) for i in range(len(shapes))]
-    return [params, grads, *states, steps]
+    # master_params, compensations, rounding_seeds: none, params written in place.
+    return [params, grads, *states, steps, [], [], []]
+
+
+def low_precision_lists(write, state_dtype=torch.float32):
+    """adam_lists for bfloat16 params written through `write`, moments in `state_dtype`."""
+    lists = adam_lists(torch.bfloat16)
+    lists[2:5] = [[t.to(state_dtype) for t in ts] for ts in lists[2:5]]
+    params = lists[0]
+    if write == "master":
+        lists[6] = [p.float() for p in params]
+    elif write == "kahan":
+        lists[7] = [torch.zeros_like(p) for p in params]
+    elif write == "stochastic":
+        lists[8] = [torch.tensor(i * 7919, dtype=torch.int64) for i in range(len(params))]
+    return lists
 
 
 OPCHECK_CASES = {
@@ -31,6 +46,14 @@ OPCHECK_CASES = {
     "adam_window_step_.tensor_lr": lambda: (ops.adam_window_step_.tensor_lr, adam_lists(),
                                             dict(grad_multiplier=torch.tensor(0.5),
                                                  lr=torch.tensor(1e-3), **HYPER)),
+    "adam_step_.master_weights": lambda: (ops.adam_step_.default, low_precision_lists("master"),
+                                          dict(lr=1e-3, **HYPER)),
+    "adam_step_.kahan": lambda: (ops.adam_step_.default,
+                                 low_precision_lists("kahan", torch.bfloat16),
+                                 dict(lr=1e-3, **HYPER)),
+    "adam_window_step_.stochastic_rounding": lambda: (
+        ops.adam_window_step_.default, low_precision_lists("stochastic", torch.float16),
+        dict(grad_multiplier=torch.tensor(0.25), lr=1e-3, **HYPER)),
     "accumulate_": lambda: (ops.accumulate_.default,
                             [[torch.zeros(4, 3), torch.zeros(7)],
                              [torch.randn(4, 3, dtype=torch.bfloat16), torch.randn(7, dtype=torch.bfloat16)]],
@@ -104,7 +127,17 @@ def test_compiled_step_matches_eager():
 
 BAD_CALLS = {
     "grads": (lambda l: l.__setitem__(1, l[1][:2]), "grads must hold 3 tensors"),
-    "dtype": (lambda l: l[2].__setitem__(0, l[2][0].double()), r"exp_avgs\[0\] must be Float"),
+    "dtype": (lambda l: l[2].__setitem__(2, l[2][2].double()), r"exp_avgs\[2\] must be Float"),
+    "state dtype": (lambda l: l[2].__setitem__(0, l[2][0].double()),
+                    r"exp_avgs must have the params' dtype Float or be float32, bfloat16 or "
+                    r"float16, got Double"),
+    "exclusive": (lambda l: (l.__setitem__(6, [p.float() for p in l[0]]),
+                             l.__setitem__(7, [torch.zeros_like(p) for p in l[0]])),
+                  r"master_params \(3 tensors\), compensations \(3\) and rounding_seeds "
+                  r"\(0\) are exclusive"),
+    "master for float32": (lambda l: l.__setitem__(6, [p.clone() for p in l[0]]),
+                           "master_params are for bfloat16 and float16 params, got Float"),
+    "seeds": (lambda l: l.__setitem__(8, [torch.tensor(1)]), "rounding_seeds must hold 3 tensors"),
     "shape": (lambda l: l[3].__setitem__(2, torch.zeros(4)), r"exp_avg_sqs\[2\] must have shape"),
     "step": (lambda l: l[5].__setitem__(0, torch.tensor(1.0, dtype=torch.float64)),
              r"state_steps\[0\] must be a one-element float32 tensor"),
@@ -128,7 +161,7 @@ def test_of_many_bad_rows_the_first_is_named_and_nothing_changes():
     n = 512
     params = [torch.randn(8) for _ in range(n)]
     lists = [params, *([torch.randn(8) for _ in range(n)] for _ in range(4)),
-             [torch.tensor(1.0) for _ in range(n)]]
+             [torch.tensor(1.0) for _ in range(n)], [], [], []]
     for i in [n // 2 - 1, *range(n // 2, n)]:
         lists[3][i] = torch.zeros(3)
     before = [[t.clone() for t in ts] for ts in lists]

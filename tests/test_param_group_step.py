@@ -131,8 +131,8 @@ def test_state_replaced_by_init_state_mid_step_is_the_one_stepped():
     # has run mid-step (here init_state, replacing the later params' state dicts),
     # what it found before must not be used.
     class Replacing(FusedAdamW):
-        def _init_state(self, p, amsgrad):
-            state = super()._init_state(p, amsgrad)
+        def _init_state(self, p, group):
+            state = super()._init_state(p, group)
             if p is a:
                 for other in (b, c):
                     self.state[other] = {k: v.clone() for k, v in self.state[other].items()}
@@ -230,10 +230,10 @@ def test_a_step_keeps_no_reference_once_it_returns():
 def plan_step(opt, grads, grad_factor=None):
     params = opt.param_groups[0]["params"]
     plan = ParamGroupPlan(params, [opt.state.get(p) for p in params], opt.state,
-                          opt._init_state)
+                          lambda p: opt._init_state(p, opt.param_groups[0]))
     plan.step(grads, window=False, lr=0.1, beta1=0.9, beta2=0.999, weight_decay=0.0,
               eps=1e-8, amsgrad=False, maximize=False, decoupled_weight_decay=True,
-              grad_factor=grad_factor, found_inf=None)
+              write_key=None, param_write=0, grad_factor=grad_factor, found_inf=None)
 
 
 def call_eager(opt, grads, grad_enabled=False):

@@ -18,40 +18,61 @@ namespace fused_accum {
 namespace cpu {
 namespace {
 
-template <typename P, typename G>
-void update_through_element_op(const DenseRows& rows, const AdamCall& call,
-                               const std::vector<double>& steps, double lr,
-                               double grad_factor) {
+template <typename P, typename G, typename S>
+void update_through_element_op(const DenseRows& rows, const AdamOptionalRows& optional,
+                               const AdamCall& call, const HostStep& step) {
   const AdamHyperparams& h = call.hyper;
+  const ParamWrite write = call.param_write();
   dispatch_adam_flags(call, [&](auto mode, auto amsgrad, auto maximize, auto grad_source) {
-    constexpr bool AMSGRAD = decltype(amsgrad)::value;
-    using Op = AdamElementOp<P, G, decltype(mode)::value, AMSGRAD, decltype(maximize)::value,
-                             decltype(grad_source)::value>;
-    using T = typename Op::T;
-    for (size_t i = 0; i < rows.rows(); ++i) {
-      const Op op{make_adam_scalars<T>(lr, h.beta1, h.beta2, h.weight_decay, h.eps, steps[i]),
-                  grad_factor_as<T>(grad_factor, call.grad_source)};
-      P* param = rows.at(kParams, i).data_ptr<P>();
-      G* grad = rows.at(kGrads, i).data_ptr<G>();
-      P* exp_avg = rows.at(kExpAvgs, i).data_ptr<P>();
-      P* exp_avg_sq = rows.at(kExpAvgSqs, i).data_ptr<P>();
-      P* max_exp_avg_sq = AMSGRAD ? rows.at(kMaxExpAvgSqs, i).data_ptr<P>() : nullptr;
-      for (int64_t e = 0; e < rows.at(kParams, i).numel(); ++e) {
-        if constexpr (AMSGRAD) {
-          op(param[e], grad[e], exp_avg[e], exp_avg_sq[e], max_exp_avg_sq[e]);
-        } else {
-          op(param[e], grad[e], exp_avg[e], exp_avg_sq[e]);
+    dispatch_division(kNarrowStorage<P>, write, [&](auto division) {
+      constexpr bool AMSGRAD = decltype(amsgrad)::value;
+      using Op = AdamElementOp<P, G, S, decltype(mode)::value, AMSGRAD, decltype(maximize)::value,
+                               decltype(grad_source)::value, decltype(division)::value>;
+      using T = typename Op::T;
+      for (size_t i = 0; i < rows.rows(); ++i) {
+        const Op op{make_adam_scalars<T>(step.lr, h.beta1, h.beta2, h.weight_decay, h.eps,
+                                         step.steps[i]),
+                    grad_factor_as<T>(step.grad_factor, call.grad_source), write};
+        const auto data = [&](int k, auto type_tag) {
+          using D = decltype(type_tag);
+          return k < 0 ? nullptr : rows.at(k, i).template data_ptr<D>();
+        };
+        P* param = data(kParams, P{});
+        G* grad = data(kGrads, G{});
+        S* exp_avg = data(kExpAvgs, S{});
+        S* exp_avg_sq = data(kExpAvgSqs, S{});
+        S* max_exp_avg_sq = data(optional.max_exp_avg_sq, S{});
+        float* master = data(optional.master, float{});
+        P* compensation = data(optional.compensation, P{});
+        const uint32_t key =
+            write == ParamWrite::kStochastic
+                ? stochastic_rounding_key(*call.lists.rounding_seeds[i].const_data_ptr<int64_t>(),
+                                          step.steps[i])
+                : 0u;
+        for (int64_t e = 0; e < rows.at(kParams, i).numel(); ++e) {
+          const uint32_t noise =
+              write == ParamWrite::kStochastic
+                  ? rounding_noise(rounding_base(key, e), static_cast<uint32_t>(e))
+                  : 0u;
+          op(param[e], grad[e], exp_avg[e], exp_avg_sq[e],
+             AMSGRAD ? max_exp_avg_sq + e : nullptr, master ? master + e : nullptr,
+             compensation ? compensation + e : nullptr, noise);
         }
       }
-    }
+    });
   });
 }
 
 void adam_through_element_op(const AdamCall& call) {
-  run_host_adam(call, [&](auto param_tag, auto grad_tag, const DenseRows& rows,
-                              const HostStep& step) {
-    update_through_element_op<decltype(param_tag), decltype(grad_tag)>(
-        rows, call, step.steps, step.lr, step.grad_factor);
+  run_host_adam(call, [&](const DenseRows& rows, const AdamOptionalRows& optional,
+                          const HostStep& step) {
+    dispatch_adam_storage(call, [&](auto param_tag, auto grad_tag) {
+      using P = decltype(param_tag);
+      dispatch_state_storage<P>(call, [&](auto state_tag) {
+        update_through_element_op<P, decltype(grad_tag), decltype(state_tag)>(rows, optional,
+                                                                              call, step);
+      });
+    });
   });
 }
 

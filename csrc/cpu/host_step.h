@@ -82,7 +82,7 @@ inline std::optional<HostStep> begin_host_step(const AdamCall& call) {
 }
 
 // A whole host-side Adam call: every check, the prologue above, staged rows, then
-// update(param_tag, grad_tag, rows, step) with the storage types of the call.
+// update(rows, optional_rows, step).
 template <typename Update>
 void run_host_adam(const AdamCall& call, const Update& update) {
   check_adam_lists(call);
@@ -90,10 +90,9 @@ void run_host_adam(const AdamCall& call, const Update& update) {
   check_rows_in_parallel(call);
   const std::optional<HostStep> step = begin_host_step(call);
   if (!step) return;
-  DenseRows rows = adam_dense_rows(call);
-  dispatch_adam_storage(call, [&](auto param_tag, auto grad_tag) {
-    update(param_tag, grad_tag, rows, *step);
-  });
+  AdamOptionalRows optional;
+  DenseRows rows = adam_dense_rows(call, &optional);
+  update(rows, optional, *step);
   rows.finish();
 }
 
