@@ -60,7 +60,7 @@ FA_HOST_DEVICE AdamScalars<T> make_adam_scalars(double lr, double beta1,
 }
 
 // The same constants in another math type: the CPU kernel broadcasts them to
-// vector lanes (cpu/float_lanes.h). Lists every field of AdamScalars, in order.
+// vector lanes (cpu/lanes.h). Lists every field of AdamScalars, in order.
 template <typename To, typename From>
 FA_HOST_DEVICE AdamScalars<To> convert_scalars(const AdamScalars<From>& s) {
   return {To(s.weight_decay), To(s.decay_factor),   To(s.lerp_weight),

@@ -8,8 +8,10 @@
 #include <torch/library.h>
 
 #include <string>
+#include <vector>
 
 #include "adam_call.h"
+#include "cpu/cpu_capability.h"
 
 #ifndef FUSED_ACCUM_TORCH_VERSION
 #error "setup.py defines FUSED_ACCUM_TORCH_VERSION"
@@ -32,31 +34,23 @@ void define_param_group_plan(pybind11::module_& m);  // param_group_step.cpp
 
 namespace {
 
-// The instruction set the CPU kernels were compiled for: they are built with
-// -march for the build machine (FUSED_ACCUM_CPU_ARCH), so this is what they use.
-const char* cpu_instruction_set() {
-#if defined(__AVX512F__)
-  return "AVX512";
-#elif defined(__AVX2__)
-  return "AVX2";
-#elif defined(__AVX__)
-  return "AVX";
-#elif defined(__ARM_FEATURE_SVE)
-  return "SVE";
-#elif defined(__ARM_NEON)
-  return "NEON";
-#elif defined(__SSE2__)
-  return "SSE2";
-#else
-  return "scalar";
-#endif
+pybind11::list capability_names(const std::vector<fused_accum::cpu::CpuCapability>& levels) {
+  pybind11::list names;
+  for (auto level : levels) names.append(fused_accum::cpu::cpu_capability_name(level));
+  return names;
 }
 
 pybind11::dict build_info() {
   pybind11::dict info;
   info["torch_version"] = std::string(FUSED_ACCUM_TORCH_VERSION);
-  info["cpu_instruction_set"] = std::string(cpu_instruction_set());
-  info["cpu_arch_flag"] = std::string(FUSED_ACCUM_CPU_ARCH);
+  // Raises, as the first CPU step would, when FUSED_ACCUM_CPU_CAPABILITY asks
+  // for a level that cannot run here.
+  info["cpu_capability"] = std::string(
+      fused_accum::cpu::cpu_capability_name(fused_accum::cpu::cpu_capability()));
+  info["cpu_capabilities_supported"] =
+      capability_names(fused_accum::cpu::cpu_capabilities_supported());
+  info["cpu_capabilities_compiled"] =
+      capability_names(fused_accum::cpu::cpu_capabilities_compiled());
 #ifdef FUSED_ACCUM_WITH_CUDA
   info["cuda"] = true;
   info["cuda_version"] = std::string(FUSED_ACCUM_CUDA_VERSION);
@@ -74,6 +68,7 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fused_accum compiled extension: operators live in torch.ops.fused_accum";
   m.def("build_info", &build_info,
-        "What this build contains: torch version, CPU instruction set, CUDA architectures.");
+        "What this build contains and runs: torch version, CPU instruction-set levels, CUDA "
+        "architectures.");
   fused_accum::define_param_group_plan(m);
 }

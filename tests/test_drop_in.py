@@ -209,7 +209,7 @@ def test_grad_scaler_unscales_in_the_kernel_and_skips_on_inf(ours, theirs):
 def test_build_info_describes_the_build():
     info = fused_accum.build_info()
     assert info["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
-    assert info["cpu_instruction_set"]
+    assert info["cpu_capability"] in info["cpu_capabilities_compiled"]
     assert isinstance(info["cuda"], bool)
     if info["cuda"]:
         assert info["cuda_archs"]

@@ -14,7 +14,7 @@
 #include "../accumulate_math.h"
 #include "../dense_rows.h"
 #include "multi_tensor_loop.h"
-#include "vectorizable_storage.h"
+#include "loop_storage.h"
 
 namespace fused_accum {
 namespace cpu {

@@ -16,7 +16,7 @@
 #include "../tensor_list_checks.h"
 #include "float_lanes.h"
 #include "multi_tensor_loop.h"
-#include "vectorizable_storage.h"
+#include "loop_storage.h"
 
 namespace fused_accum {
 namespace cpu {
@@ -26,7 +26,7 @@ constexpr const char* kOp = "fused_accum_bench.stream_roofline_";
 
 // Each output depends on its own old value and on g, so no load or store can be
 // dropped; one add per stream keeps the loop memory-bound. T is a loop storage
-// type (vectorizable_storage.h), so bfloat16 vectorises as in the real step. It
+// type (loop_storage.h), so bfloat16 vectorises as in the real step. It
 // prefetches as the Adam loop does over large tensors (multi_tensor_loop.h): without, the
 // step would beat its own yardstick.
 template <typename T>
