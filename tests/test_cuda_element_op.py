@@ -21,8 +21,10 @@ SHAPES = [(3, 5), (0,), (1,), (4099,), (2, 3, 7)]
 
 def make_state(dtype, amsgrad, grad_dtype=None, seed=0):
     g = torch.Generator().manual_seed(seed)
+    # master_params, compensations and rounding_seeds stay empty: params stepped in place.
     lists = {k: [] for k in ("params", "grads", "exp_avgs", "exp_avg_sqs",
-                             "max_exp_avg_sqs", "state_steps")}
+                             "max_exp_avg_sqs", "state_steps", "master_params",
+                             "compensations", "rounding_seeds")}
     for shape in SHAPES:
         lists["params"].append(torch.randn(shape, generator=g).to(dtype))
         lists["grads"].append(torch.randn(shape, generator=g).to(grad_dtype or dtype))
