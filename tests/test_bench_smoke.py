@@ -13,7 +13,7 @@ import torch
 
 import fused_accum
 from fused_accum.bench import __main__ as bench_main
-from fused_accum.bench import check_json, document, report, scenarios, shapes
+from fused_accum.bench import check_json, document, mixed, report, scenarios, shapes
 from fused_accum.bench.__main__ import parse_args
 from fused_accum.bench.report import cells
 from fused_accum.bench.results import Row, Table
@@ -48,6 +48,25 @@ def _dtypes_table(algorithm="AdamW", fp32_ms=2.0, bf16_ms=1.0):
                   reference="ours float32")
 
 
+def _mixed_tables():
+    """The mixed scenario's two tables, as a run returns them: ours' modes against ours
+    float32, then ours with master weights against torch's recipe."""
+    cpu = "CPU: Test CPU, 2 logical CPUs; fused_accum's CPU kernels built for AVX2"
+    times = dict(zip([m.name for m in mixed.MODES], (2.0, 2.2, 1.4, 1.1, 1.6, 1.0)))
+    modes = _table("mixed", "precision modes of ours", [
+        Row(mode.name, Samples((times[mode.name],)),
+            mixed.traffic_bytes(mode.traffic, 1_000_000), 0, roofline_gbps=30.0,
+            held_bytes=10_000_000) for mode in mixed.MODES],
+        roofline_gbps=30.0, reference=mixed.OURS_FLOAT32)
+    modes.notes = [cpu]
+    master = _table("mixed", "float32 master weights of bfloat16 params", [
+        dataclasses.replace(modes.row(mixed.OURS_MASTER), variant="ours"),
+        Row(mixed.TORCH_RECIPE, Samples((4.4,)), 40e6, 0, roofline_gbps=30.0,
+            held_bytes=20_000_000)], roofline_gbps=30.0)
+    master.notes = [cpu]
+    return [modes, master]
+
+
 def _default_set():
     """Synthetic tables of every scenario of the default set, as a run returns them."""
     roofline = _table("roofline", "memory roofline", [
@@ -60,7 +79,7 @@ def _default_set():
         Row("torch fused", Samples((3.0,)), 36e6, 0, roofline_gbps=30.0)],
         roofline_gbps=30.0)
     return [roofline, _step_table(), _dtypes_table("AdamW"), _dtypes_table("Adam+L2"),
-            small, window]
+            *_mixed_tables(), small, window]
 
 
 def _run_dict(tables, argv=("--quick",)):
@@ -128,7 +147,7 @@ def test_markdown_document_is_whole_and_replaced_each_run(tmp_path, monkeypatch,
 
 def test_summary_quotes_each_ratio_against_the_ours_median_it_was_timed_with():
     tables = _default_set()
-    second_small = dataclasses.replace(tables[4], title="one AdamW step, 20000x64")
+    second_small = dataclasses.replace(tables[6], title="one AdamW step, 20000x64")
     lines = document.summary(tables + [second_small]).splitlines()
     assert lines[0] == "| comparison | ours ms | theirs ms | ours faster by |"
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in lines[2:]}
@@ -138,20 +157,23 @@ def test_summary_quotes_each_ratio_against_the_ours_median_it_was_timed_with():
     # bfloat16 twice as fast as float32: the ratio reads as in the dtypes table
     assert rows["AdamW step, s: ours in bfloat16, against ours in float32"] == ["1", "2",
                                                                                "2.00x |"]
+    # ours with master weights, 2.2 ms, against torch's recipe, 4.4 ms
+    assert rows["AdamW step, s bfloat16 with float32 master weights, against torch's "
+                "float32 copy + `fused=True` + `copy_`"] == ["2.2", "4.4", "2.00x |"]
     # and the first small set's torch fused, and the window end
-    assert len(lines) == 2 + 5
+    assert len(lines) == 2 + 6
 
 
 def test_check_json_accepts_a_consistent_default_run(tmp_path, capsys):
     path = tmp_path / "run.json"
     report.write_json(path, _default_set(), meta=dict(argv=["--quick"], quick=True))
     assert check_json.main([str(path)]) == 0
-    assert "6 tables checked" in capsys.readouterr().out
+    assert "8 tables checked" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("break_run, message", [
-    (lambda run: run["tables"].pop(), "scenarios ['dtypes', 'roofline', 'small', 'step'], "
-                                      "expected"),
+    (lambda run: run["tables"].pop(), "scenarios ['dtypes', 'mixed', 'roofline', 'small', "
+                                      "'step'], expected"),
     (lambda run: run["tables"][1]["rows"].clear(), "Headline: one AdamW step, s: no rows"),
     (lambda run: run["tables"][1]["rows"][3].update(ratio=2.0),
      "torch fused: ratio 2.0, expected its median / ours' median in its turns"),
@@ -159,11 +181,22 @@ def test_check_json_accepts_a_consistent_default_run(tmp_path, capsys):
                                                   "'torch foreach', 'torch fused'] first"),
     (lambda run: run["tables"][2]["rows"][0].update(median_ms=3.0, max_ms=3.0),
      "ratio not float32's median / bfloat16's, in the bfloat16 row"),
-    (lambda run: run["tables"][5]["rows"][1].update(roofline_gbps=31.0),
+    (lambda run: run["tables"][7]["rows"][1].update(roofline_gbps=31.0),
      "the two window ends have different rooflines"),
     (lambda run: run["tables"][0]["rows"][0].update(median_ms=0.0, min_ms=0.0),
      "memory roofline: stream_roofline_ (7 streams): median 0.0 ms"),
     (lambda run: run["meta"].update(quick=False), "meta: quick is False"),
+    (lambda run: run["tables"][4]["rows"][5].update(ratio=1.5),
+     "ours bfloat16: ratio 1.5, expected 2.0"),
+    (lambda run: run["tables"][5]["rows"][1].update(ratio=1.5),
+     "torch float32 copy + fused + copy_: ratio 1.5, expected 2.0"),
+    (lambda run: run["tables"][4]["rows"].pop(2),
+     "rows ['ours float32', 'ours bfloat16 + master_weights', 'ours bfloat16 + "
+     "stochastic_rounding'"),
+    (lambda run: run["tables"][5]["rows"][0].update(held_bytes_per_param=8.0),
+     "ours: held B/param 8.0, expected its held bytes / the param count"),
+    (lambda run: run["tables"][4].update(notes=[]), "precision modes of ours: no note names "
+                                                    "the CPU"),
 ])
 def test_check_json_names_what_is_wrong(break_run, message):
     run = _run_dict(_default_set())
@@ -346,3 +379,65 @@ def test_alternate_timing_refuses_setups_not_aligned_with_the_calls():
     with pytest.raises(ValueError, match="one entry per fn: 2 fns, 1 setups"):
         time_alternately([lambda: None, lambda: None], torch.device("cpu"), repeats=1,
                          warmup=0, setups=[None])
+
+
+def test_held_bytes_counts_each_storage_once_at_its_allocated_size():
+    t = torch.zeros(1000)
+    assert mixed.held_bytes([t, t.view(10, 100), t[:10]]) == 4000
+    assert mixed.held_bytes([t, torch.zeros(10, dtype=torch.bfloat16)]) == 4020
+
+
+def test_torch_master_recipe_steps_a_float32_copy_and_rounds_it_into_the_params():
+    """torch's recipe for master weights is what the mixed table says it is: AdamW
+    (fused=True) over float32 copies stepped with the bfloat16 grads, the params the
+    copies rounded; it holds 20 bytes per param (bfloat16 param and grad, float32 copy,
+    its grad and two moments) and one step count per tensor."""
+    params = make_params(shapes.uniform(3, 1000), torch.bfloat16, "cpu")
+    copies = [p.detach().float().requires_grad_() for p in params]
+    reference = torch.optim.AdamW(copies, lr=mixed.LR, weight_decay=mixed.WEIGHT_DECAY,
+                                  fused=True)
+    recipe = mixed.TorchMasterRecipe(params)
+    for _ in range(3):
+        recipe.step()
+        for c, p in zip(copies, params):
+            c.grad = p.grad.float()
+        reference.step()
+    for c, master, p in zip(copies, recipe.masters, params):
+        torch.testing.assert_close(master, c, rtol=0, atol=0)
+        torch.testing.assert_close(p, c.detach().bfloat16(), rtol=0, atol=0)
+    assert mixed.held_bytes(recipe.tensors()) == 20 * 3000 + 4 * 3
+
+
+# Bytes per param each mode holds: params, grads and state, less the step counts.
+_HELD_PER_PARAM = {
+    "ours float32": 4 + 4 + 8,
+    "ours bfloat16 + master_weights": 2 + 2 + 4 + 8,
+    "ours bfloat16 + kahan_summation": 2 + 2 + 2 + 4,
+    "ours bfloat16 + stochastic_rounding": 2 + 2 + 4,
+    "ours float32 + bfloat16 states": 4 + 4 + 4,
+    "ours bfloat16": 2 + 2 + 4,
+    mixed.TORCH_RECIPE: 2 + 2 + 4 + 4 + 8,
+}
+
+
+def test_mixed_scenario_times_every_mode_and_checks(monkeypatch):
+    """The mixed scenario on a tiny set: two tables that check_json accepts, every row
+    holding the bytes its layout allocates, the master-weights rows the same samples
+    in both tables."""
+    monkeypatch.setattr(shapes, "GPT_TINY", shapes.uniform(4, 4096))
+    monkeypatch.setattr(scenarios, "REFILL_MS", 0.0)
+    settings = scenarios.Settings(device=torch.device("cpu"), repeats=2, warmup=1,
+                                  quick=True)
+    tables = scenarios.mixed(settings)
+    assert check_json.problems_of(_run_dict(tables, argv=["--quick", "--scenario", "mixed"])) \
+        == []
+    modes, master = tables
+    assert [r.variant for r in modes.rows] == [m.name for m in mixed.MODES]
+    assert [r.variant for r in master.rows] == ["ours", mixed.TORCH_RECIPE]
+    assert master.rows[0].samples is modes.row(mixed.OURS_MASTER).samples
+    for table in tables:
+        for row in table.rows:
+            name = mixed.OURS_MASTER if row.variant == "ours" else row.variant
+            # one float32 step count (and with stochastic rounding one int64 seed) per tensor
+            per_tensor = 4 + (8 if "stochastic" in name else 0)
+            assert row.held_bytes == _HELD_PER_PARAM[name] * 4 * 4096 + per_tensor * 4, name

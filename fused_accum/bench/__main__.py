@@ -1,15 +1,15 @@
 """python -m fused_accum.bench: time fused_accum's optimizers against torch.optim.
 
 With no arguments, runs the default set (the roofline, the headline AdamW step table
-on GPT-2-small shapes, our float32 step against our bfloat16 one, small tensors, the
-end of an accumulation window) and prints text tables on stdout, progress on stderr.
-`--markdown docs/benchmarks.md` writes the whole of that file: methodology and tables.
+on GPT-2-small shapes, our float32 step against our bfloat16 one, our precision modes
+and torch's master-weights recipe, small tensors, the end of an accumulation window)
+and prints text tables on stdout, progress on stderr. `--markdown docs/benchmarks.md`
+writes the whole of that file: methodology and tables.
 """
 
 import argparse
 import datetime
 import os
-import platform
 import sys
 import time
 
@@ -17,7 +17,7 @@ import torch
 
 import fused_accum
 
-from . import document, report
+from . import document, machine, report
 from .progress import Progress
 from .scenarios import DEFAULT, SCENARIOS, Settings
 
@@ -103,33 +103,11 @@ def run(args):
     return settings, tables
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _memory_gib():
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return round(int(line.split()[1]) / 2**20)
-    except OSError:
-        pass
-    return None
-
-
 def meta(argv, settings, started, wall_s):
     return dict(
         argv=list(argv), torch=torch.__version__, fused_accum=fused_accum.build_info(),
         device=str(settings.device), threads=torch.get_num_threads(),
-        cpu=_cpu_model(), logical_cpus=os.cpu_count(), memory_gib=_memory_gib(),
+        cpu=machine.cpu_model(), logical_cpus=os.cpu_count(), memory_gib=machine.memory_gib(),
         quick=settings.quick, repeats=settings.repeats, warmup=settings.warmup,
         date=started.strftime("%Y-%m-%d %H:%M"), wall_s=wall_s,
         cuda_device=torch.cuda.get_device_name() if settings.device.type == "cuda" else None)

@@ -11,6 +11,7 @@ import json
 import math
 import sys
 
+from . import mixed
 from .scenarios import DEFAULT
 from .spread import NotABenchRun, load_run
 from .variants import OURS
@@ -101,8 +102,50 @@ def _check_window(table, problems):
         problems.append(f"{where}: ratio not torch's median / ours'")
 
 
+def _expected_rows(names, notes):
+    """`names` less those a note says were skipped (their memory would not fit)."""
+    return [n for n in names if f"{n} skipped" not in notes]
+
+
+def _check_mixed(table, problems):
+    """The modes table (ours in each mode against ours float32) or the master-weights
+    table (ours against torch's recipe), told apart by their reference row."""
+    where = table["title"]
+    names = [r["variant"] for r in table["rows"]]
+    notes = " ".join(table.get("notes", []))
+    if table.get("device") == "cpu" and not any(n.startswith("CPU: ") for n in
+                                                table.get("notes", [])):
+        problems.append(f"{where}: no note names the CPU")
+    for row in table["rows"]:
+        held = row.get("held_bytes_per_param")
+        if not (held and held > 0 and _close(held, row["held_bytes"] / table["params"])):
+            problems.append(f"{where}: {row['variant']}: held B/param {held}, expected its "
+                            "held bytes / the param count")
+    if table.get("reference") == mixed.OURS_FLOAT32:
+        expected = _expected_rows([mode.name for mode in mixed.MODES], notes)
+        reference = table["rows"][0] if names and names[0] == mixed.OURS_FLOAT32 else None
+    else:
+        expected = _expected_rows([OURS, mixed.TORCH_RECIPE], notes)
+        reference = table["rows"][0] if names and names[0] == OURS else None
+    if names != expected or table.get("reference") not in (mixed.OURS_FLOAT32, OURS):
+        problems.append(f"{where}: rows {names} against {table.get('reference')}, expected "
+                        f"{expected} against {mixed.OURS_FLOAT32} or {OURS}")
+        return
+    if reference is None:
+        return
+    for row in table["rows"][1:]:
+        # ours against ours float32: how many times faster the row is; against
+        # torch's recipe: how many times faster ours is.
+        expected = (reference["median_ms"] / row["median_ms"]
+                    if table["reference"] == mixed.OURS_FLOAT32
+                    else row["median_ms"] / reference["median_ms"])
+        if not _close(row["ratio"], expected):
+            problems.append(f"{where}: {row['variant']}: ratio {row['ratio']}, expected "
+                            f"{expected}")
+
+
 _BY_SCENARIO = {"step": _check_step, "small": _check_step, "dtypes": _check_dtypes,
-                "window": _check_window}
+                "window": _check_window, "mixed": _check_mixed}
 
 
 def problems_of(run):

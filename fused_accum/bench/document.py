@@ -7,7 +7,7 @@ the benchmark's own constants, so it cannot drift from what the code measures.
 
 import textwrap
 
-from . import report, shapes
+from . import machine, mixed, report, shapes
 from .roofline import ADAM_STREAMS, CUDA_BUSY_SECONDS, CUDA_COPY_BYTES, FLAT_ELEMENTS_CAP
 from .scenarios import DEFAULT, REFILL_MS
 from .variants import LR, OURS, WEIGHT_DECAY
@@ -57,8 +57,8 @@ def _run_section(meta):
         f"- date (UTC): {meta.get('date', '?')}, {meta.get('wall_s', 0):.0f} s",
         f"- CPU: {meta.get('cpu', '?')}, {meta.get('logical_cpus', '?')} logical CPUs, "
         f"{meta.get('threads', '?')} torch threads; memory {meta.get('memory_gib', '?')} GiB",
-        f"- torch {meta.get('torch', '?')}; fused_accum built for "
-        f"{build.get('cpu_instruction_set', '?')} (`-march={build.get('cpu_arch_flag', '?')}`)"
+        f"- torch {meta.get('torch', '?')}; fused_accum's CPU kernels: "
+        f"{machine.cpu_kernels(build)}"
         + (f", CUDA {build.get('cuda_version')} ({build.get('cuda_archs')})"
            if build.get("cuda") else ", without CUDA kernels"),
         f"- device: {meta.get('device', '?')}"
@@ -99,6 +99,12 @@ def summary(tables):
             rows.append(_summary_row(f"AdamW step, {table.shape_set}: ours in bfloat16, "
                                      "against ours in float32", bf16.median_ms,
                                      fp32.median_ms))
+        elif (table.scenario == "mixed" and ours is not None
+              and table.row(mixed.TORCH_RECIPE) is not None):
+            rows.append(_summary_row(
+                f"AdamW step, {table.shape_set} bfloat16 with float32 master weights, "
+                "against torch's float32 copy + `fused=True` + `copy_`", ours.median_ms,
+                table.row(mixed.TORCH_RECIPE).median_ms))
         elif table.scenario == "window" and ours is not None and table.row("torch fused"):
             rows.append(_summary_row(
                 f"window end, {table.shape_set} {table.dtype}, against torch's "
@@ -107,6 +113,14 @@ def summary(tables):
         return ""
     return "\n".join(["| comparison | ours ms | theirs ms | ours faster by |",
                       "|---|---:|---:|---:|"] + rows) + "\n"
+
+
+def _mixed_traffic():
+    """The bytes per param each mixed row's GB/s counts, as text."""
+    parts = [f"{mixed.traffic_bytes(mode.traffic, 1)} for {mode.name}" for mode in mixed.MODES]
+    parts.append(f"{mixed.traffic_bytes(mixed.TORCH_RECIPE_TRAFFIC, 1)} for torch's recipe "
+                 "(its casts read and write the grads and the params once more)")
+    return ", ".join(parts)
 
 
 def _methodology():
@@ -133,6 +147,22 @@ same numbers.
   tiny GPT-2 layout ({_count(tiny.numel)} params in {tiny.tensors} tensors).
 - **dtypes** tables: ours with float32 params against ours with bfloat16 params over the
   same shapes, timed in turns: what half-size storage buys on this machine.
+- **mixed** tables: ours with float32 params (plain, and with bfloat16 moments:
+  `state_dtype=torch.bfloat16`) and with bfloat16 params (plain, `master_weights=True`,
+  `kahan_summation=True`, `stochastic_rounding=True`), and torch's recipe for float32
+  master weights of bfloat16 params: a float32 copy of every param with a float32 grad,
+  stepped by `AdamW(fused=True)`, each step casting the bfloat16 grads into the copies'
+  grads and the stepped copies back into the params with `torch._foreach_copy_` (all three
+  timed). All seven are timed in turns over the headline shapes; the first table gives
+  each of ours against ours in float32, the second ours with master weights against
+  torch's recipe. Each row also gives the bytes it holds per param, summed over the
+  tensors actually allocated after a step: params, grads, and every tensor of the
+  optimizer's state (moments, master weights, compensation, seeds, step counts; torch's
+  recipe adds its float32 copies and their grads). A row's GB/s counts the bytes its step
+  must move per param, each read and each write of a tensor at its dtype's size:
+  {_mixed_traffic()}. The mixed tables name the CPU and the instruction set the kernels were
+  built for, on which the bfloat16 rows depend: AVX-512 BF16 rounds float32 to bfloat16 in
+  one instruction, AVX2 in several.
 - **small** tables: thousands of small tensors (2000 x 1024 and 20000 x 64 elements;
   200 x 1024 and 2000 x 64 with `--quick`), where the work per tensor, not the memory,
   sets the time.
@@ -198,6 +228,7 @@ out of its idle clocks.
 | ours in turn ms | step tables: ours' median in the turns it shared with this row |
 | ours faster by | this row's median / ours' median (in turn, where that column is filled): above 1, ours is faster |
 | faster than X by | the median of row X / this row's median: above 1, this row is faster than X |
+| held B/param | mixed tables: bytes of the params, their grads and the optimizer's state tensors, as allocated after a step (each storage once), over the param count |
 | peak extra MB | CPU: growth of the process's resident set during one steady-state call, read as VmHWM after resetting it through `/proc/self/clear_refs`, minus VmRSS before the call (temporaries, first touches); CUDA: growth of `torch.cuda.max_memory_allocated` |
 
 A column no row of a table fills is left out of that table.

@@ -59,7 +59,7 @@ def _bandwidth_panel(ax, table):
     _title(ax, table.title)
 
 
-def _log_ticks(low, high):
+def log_ticks(low, high):
     """At least three round ticks between low and high (> 0): decades, else 1-2-5, ..."""
     decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
     for mantissas in ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
@@ -95,7 +95,7 @@ def _scaling_panel(ax, tables):
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: human_count(x)))
     # Plain numbers: matplotlib's own log labels read 2x10^1, or name one tick only
     # when the times span less than a decade.
-    ax.set_yticks(_log_ticks(*ax.get_ylim()))
+    ax.set_yticks(log_ticks(*ax.get_ylim()))
     ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}"))
     ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     ax.grid(True, which="major", alpha=0.3)

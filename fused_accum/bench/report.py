@@ -8,7 +8,7 @@ import json
 
 RATIO = "ratio"  # stands for the table's own ratio column (Table.ratio_column)
 COLUMNS = ("variant", "median ms", "IQR ms", "GB/s", "of roofline", "ours in turn ms",
-           RATIO, "peak extra MB")
+           RATIO, "held B/param", "peak extra MB")
 _EMPTY = ("-", "n/a")
 
 # A few lines under the tables; docs/benchmarks.md holds the full definitions.
@@ -19,6 +19,7 @@ LEGEND = (
     ("ours in turn ms", "ours' median in the turns it shared with this row"),
     ("ours faster by", "this row's time / ours' (in its turns): above 1, ours is faster"),
     ("faster than X by", "X's time / this row's time: above 1, this row is faster than X"),
+    ("held B/param", "bytes allocated per param: params, grads and optimizer state"),
     ("peak extra MB", "memory one call takes beyond what it already holds"),
 )
 LEGEND_TITLE = "Legend (full definitions: docs/benchmarks.md)"
@@ -43,11 +44,12 @@ def _all_cells(table):
     for r in table.rows:
         ratio = table.ratio(r)
         peak = None if r.peak_extra_bytes is None else r.peak_extra_bytes / 1e6
+        held = table.held_bytes_per_param(r)
         rows.append((r.variant, _ms(r.median_ms), f"{_ms(r.samples.q1)}-{_ms(r.samples.q3)}",
                      f"{r.gbps:.1f}", _fmt(table.roofline_fraction(r), ".0%"),
                      "-" if r.ours_beside_ms is None else _ms(r.ours_beside_ms),
                      _fmt(ratio, ".2f") + ("x" if ratio is not None else ""),
-                     _fmt(peak, ".0f", "n/a")))
+                     _fmt(held, ".1f"), _fmt(peak, ".0f", "n/a")))
     return rows
 
 

@@ -17,6 +17,7 @@ class Row:
     peak_extra_bytes: int = None
     roofline_gbps: float = None  # CPU step and window tables: the roofline timed in its turns
     ours_beside_ms: float = None  # step tables: ours' median, timed alternately with this row
+    held_bytes: int = None     # mixed tables: params, grads and optimizer state allocated
 
     @property
     def median_ms(self):
@@ -54,6 +55,9 @@ class Table:
     def row(self, variant):
         return next((r for r in self.rows if r.variant == variant), None)
 
+    def held_bytes_per_param(self, row):
+        return None if row.held_bytes is None else row.held_bytes / self.params
+
     def roofline_fraction(self, row):
         roofline = row.roofline_gbps or self.roofline_gbps
         if not roofline:
@@ -87,4 +91,5 @@ class Table:
             max_ms=s.max, samples_ms=list(s.ms), bytes_per_call=r.bytes_per_call,
             gb_per_s=r.gbps, roofline_gbps=r.roofline_gbps, ours_beside_ms=r.ours_beside_ms,
             roofline_fraction=self.roofline_fraction(r),
-            ratio=self.ratio(r), peak_extra_bytes=r.peak_extra_bytes)
+            ratio=self.ratio(r), peak_extra_bytes=r.peak_extra_bytes,
+            held_bytes=r.held_bytes, held_bytes_per_param=self.held_bytes_per_param(r))

@@ -8,12 +8,16 @@ two states; one, where a torch variant steps ours' state on a set too big for tw
 
 import gc
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from . import shapes
+from .machine import cpu_line
 from .memory import fits, peak_extra_bytes
+from .mixed import (MODES, OURS_FLOAT32, OURS_MASTER, TORCH_RECIPE, TORCH_RECIPE_STATE_BYTES,
+                    TORCH_RECIPE_TRAFFIC, OursStep, TorchMasterRecipe, held_bytes,
+                    traffic_bytes)
 from .progress import Progress
 from .results import Row, Table
 from .roofline import (ADAM_STREAMS, adam_bytes, copy_kernel, flat_stream_call,
@@ -353,7 +357,96 @@ def window(settings):
     return [table]
 
 
+def _mixed_steps(param_sets, numel, settings, notes, held):
+    """Ours in each of mixed.MODES and torch's master-weights recipe, over the param set
+    of their dtype, each built when its state fits in memory beside the others' and the
+    `held` bytes; returns [(step, traffic)], torch's recipe last."""
+    built = []
+    wanted = [(mode.name, mode.dtype, mode.state_bytes, mode.traffic,
+               lambda ps, mode=mode: OursStep(mode, ps)) for mode in MODES]
+    wanted.append((TORCH_RECIPE, torch.bfloat16, TORCH_RECIPE_STATE_BYTES,
+                   TORCH_RECIPE_TRAFFIC, TorchMasterRecipe))
+    for name, dtype, state_bytes, traffic, make in wanted:
+        new = state_bytes * numel
+        if not fits(new, held + new, settings.device):
+            notes.append(f"{name} skipped: its state (about {new / 1e9:.1f} GB) would not "
+                         "fit in memory")
+            settings.say("  " + notes[-1])
+            continue
+        held += new
+        built.append((make(param_sets[dtype]), traffic))
+    return built
+
+
+def mixed(settings):
+    """Ours with bfloat16 params (plain, master weights, Kahan summation, stochastic
+    rounding), float32 params with bfloat16 states and plain float32, and torch's recipe
+    for master weights, all timed in turns: their times and the memory each holds.
+    Always both dtypes, whatever --dtype says."""
+    shape_set = shapes.GPT_TINY if settings.quick else shapes.GPT2_SMALL
+    where = (f"{shape_set.name} shapes ({shape_set.numel:,} params in {shape_set.tensors} "
+             f"tensors), {settings.device}")
+    modes = Table(scenario="mixed", title=f"precision modes of ours, timed in turns: one "
+                  f"AdamW step, {where}", shape_set=shape_set.name, params=shape_set.numel,
+                  tensors=shape_set.tensors, dtype="float32, bfloat16",
+                  device=str(settings.device), reference=OURS_FLOAT32)
+    master = _new_table("mixed", f"float32 master weights of bfloat16 params: ours "
+                        f"(master_weights=True) against torch's recipe, one AdamW step, "
+                        f"{where}", shape_set, torch.bfloat16, settings)
+    tables = [modes, master]
+    notes = [cpu_line()] if settings.device.type == "cpu" else []
+    param_sets = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        param_sets[dtype] = _allocate(shape_set, dtype, settings, notes)
+        if param_sets[dtype] is None:
+            for table in tables:
+                table.notes = list(notes)
+            return tables
+    settings.say(f"mixed: {shape_set.name}, {len(MODES)} modes of ours and torch's recipe, "
+                 "in turns")
+    # CPU: the roofline kernel is timed in the same turns, as in the step tables.
+    roofline = flat_stream_call(param_sets[torch.float32]) \
+        if settings.device.type == "cpu" else None
+    held = sum(2 * nbytes(params) for params in param_sets.values()) + \
+        (0 if roofline is None else roofline[2])
+    built = _mixed_steps(param_sets, shape_set.numel, settings, notes, held)
+    calls = [step.step for step, _ in built] + ([] if roofline is None else [roofline[0]])
+    if roofline is None:
+        for table in tables:
+            table.roofline_gbps = _measure_roofline(param_sets[torch.float32], settings)
+    timed = time_alternately(calls, settings.device, settings.repeats, settings.warmup,
+                             refill_ms=REFILL_MS)
+    row_roofline = None if roofline is None else timed[-1].gbps(roofline[1])
+    rows = {}
+    for (step, traffic), samples in zip(built, timed):
+        rows[step.name] = Row(step.name, samples, traffic_bytes(traffic, shape_set.numel),
+                              peak_extra_bytes(step.step, settings.device), row_roofline,
+                              held_bytes=held_bytes(step.tensors()))
+        settings.say(f"    {step.name}: median {samples.median:.2f} ms, "
+                     f"{rows[step.name].held_bytes / shape_set.numel:.1f} B/param")
+    modes.rows = [rows[mode.name] for mode in MODES if mode.name in rows]
+    master.rows = [replace(rows[name], variant=variant)
+                   for name, variant in ((OURS_MASTER, OURS), (TORCH_RECIPE, TORCH_RECIPE))
+                   if name in rows]
+    if row_roofline is not None:
+        for table in tables:
+            table.roofline_gbps = row_roofline
+    modes.notes = notes + [
+        "held B/param: the params, their grads and the optimizer's state tensors allocated "
+        "after a step, over the param count; the modes of one dtype step the same params "
+        "and grads, each with its own optimizer"]
+    master.notes = notes + [
+        f"ours: FusedAdamW(master_weights=True), the row {OURS_MASTER!r} above. torch's "
+        "recipe: a float32 copy of each param with a float32 grad, stepped by "
+        "AdamW(fused=True); each step casts the bfloat16 grads into the copies' grads and "
+        "the stepped copies back into the params (torch._foreach_copy_), all timed. Both "
+        "timed in the same turns as the table above"]
+    del built, param_sets, calls, roofline
+    gc.collect()
+    return tables
+
+
 # "headline" is the default set's step table alone; "step" is the full matrix.
 SCENARIOS = {"headline": headline, "step": step, "dtypes": dtypes, "small": small,
-             "window": window, "roofline": roofline, "scaling": scaling}
-DEFAULT = (roofline, headline, dtypes, small, window)
+             "window": window, "roofline": roofline, "scaling": scaling, "mixed": mixed}
+DEFAULT = (roofline, headline, dtypes, mixed, small, window)
