@@ -64,11 +64,15 @@ void plain_piece(const AdamKernelCall& call, const AdamKernelRow& row, int64_t b
 
 // ------------------------------------------------------------ lanes loop
 
-inline int64_t bytes_of(Storage type) {
+// Everything a lanes body calls is inlined into it: an out-of-line call per group
+// of lanes would spill the lanes and the step's constants to memory.
+#define FA_LANES_INLINE inline __attribute__((always_inline))
+
+FA_LANES_INLINE int64_t bytes_of(Storage type) {
   return type == Storage::kFloat32 ? 4 : type == Storage::kFloat64 ? 8 : 2;
 }
 
-inline FloatLanes load_as(const void* base, Storage type, int64_t i) {
+FA_LANES_INLINE FloatLanes load_as(const void* base, Storage type, int64_t i) {
   switch (type) {
     case Storage::kBFloat16:
       return load_lanes(static_cast<const Bf16Bits*>(base) + i);
@@ -79,7 +83,7 @@ inline FloatLanes load_as(const void* base, Storage type, int64_t i) {
   }
 }
 
-inline void store_as(FloatLanes x, void* base, Storage type, int64_t i) {
+FA_LANES_INLINE void store_as(FloatLanes x, void* base, Storage type, int64_t i) {
   switch (type) {
     case Storage::kBFloat16:
       return store_lanes(x, static_cast<Bf16Bits*>(base) + i);
@@ -91,7 +95,7 @@ inline void store_as(FloatLanes x, void* base, Storage type, int64_t i) {
 }
 
 // What x reads back as after store_as to `type`.
-inline FloatLanes rounded_to(FloatLanes x, Storage type) {
+FA_LANES_INLINE FloatLanes rounded_to(FloatLanes x, Storage type) {
   switch (type) {
     case Storage::kBFloat16:
       return rounded_as(x, static_cast<const Bf16Bits*>(nullptr));
@@ -113,12 +117,28 @@ struct Streams {
   void* compensation;
 };
 
+// The dtypes and the write mode of a call as the lanes loop reads them: at run
+// time for most calls, as constants for the layouts that training runs through
+// most (bfloat16 params and moments, with bfloat16 grads or the float32 buffers
+// of an accumulation window), where the loop then carries no branch on them.
+struct RuntimeLayout {
+  Storage param, grad, state;
+  ParamWrite write;
+};
+template <Storage P, Storage G, Storage S, ParamWrite W>
+struct FixedLayout {
+  static constexpr Storage param = P, grad = G, state = S;
+  static constexpr ParamWrite write = W;
+};
+
 template <DecayMode MODE, bool AMSGRAD, bool MAXIMIZE, GradSource SOURCE,
-          ConstantDivision DIVISION>
+          ConstantDivision DIVISION, typename Layout>
 void lanes_piece(const AdamKernelCall& call, const AdamKernelRow& row, int64_t begin,
-                 int64_t end) {
-  const AdamKernelConfig& c = call.config;
+                 int64_t end, const Layout c) {
+  // Copied out of the call (and `c` passed by value): read through a reference,
+  // the compiler would reload them after every store, which may alias them.
   const ParamWrite write = c.write;
+  const uint32_t rounding_key = row.rounding_key;
   const AdamScalars<FloatLanes> scalars = convert_scalars<FloatLanes>(row.float_scalars);
   const FloatLanes factor(grad_factor_as<float>(call.grad_factor, SOURCE));
   constexpr int64_t W = FloatLanes::kWidth;
@@ -126,7 +146,8 @@ void lanes_piece(const AdamKernelCall& call, const AdamKernelRow& row, int64_t b
   // Steps the W elements at offset i of `s`, as AdamElementOp steps one: the
   // same reads, take_grad, adam_update and writes, on lanes. `index` is the
   // first element's index in its tensor (the rounding noise depends on it).
-  const auto step_lanes = [&](const Streams& s, int64_t i, int64_t index) {
+  const auto step_lanes = [&](const Streams& s, int64_t i,
+                              int64_t index) __attribute__((always_inline)) {
     FloatLanes p;
     if (write == ParamWrite::kFromMaster) {
       p = load_lanes(s.master + i);
@@ -157,7 +178,7 @@ void lanes_piece(const AdamKernelCall& call, const AdamKernelRow& row, int64_t b
         store_as(p - rounded_to(p, c.param), s.compensation, c.param, i);
         break;
       case ParamWrite::kStochastic: {
-        const UintLanes base(rounding_base(row.rounding_key, index));
+        const UintLanes base(rounding_base(rounding_key, index));
         const UintLanes noise =
             rounding_noise(base, iota_lanes(static_cast<uint32_t>(index)));
         store_lanes_stochastic(p, noise, static_cast<Bf16Bits*>(s.param) + i);
@@ -235,8 +256,19 @@ void adam_piece(const AdamKernelCall& call, size_t row_index, int64_t begin, int
       return;
     }
     dispatch_division(narrow, c.write, [&](auto division) {
-      lanes_piece<MODE, AMSGRAD, MAXIMIZE, SOURCE, decltype(division)::value>(call, row, begin,
-                                                                               end);
+      constexpr ConstantDivision DIVISION = decltype(division)::value;
+      const auto run = [&](auto layout) {
+        lanes_piece<MODE, AMSGRAD, MAXIMIZE, SOURCE, DIVISION>(call, row, begin, end, layout);
+      };
+      constexpr Storage kBf16 = Storage::kBFloat16;
+      constexpr Storage kGrad = SOURCE == GradSource::kWindowBuffer ? Storage::kFloat32 : kBf16;
+      if constexpr (DIVISION == ConstantDivision::kByReciprocal) {
+        if (c.param == kBf16 && c.grad == kGrad && c.state == kBf16 &&
+            c.write == ParamWrite::kInPlace) {
+          return run(FixedLayout<kBf16, kGrad, kBf16, ParamWrite::kInPlace>{});
+        }
+      }
+      run(RuntimeLayout{c.param, c.grad, c.state, c.write});
     });
   });
 }
@@ -244,3 +276,5 @@ void adam_piece(const AdamKernelCall& call, size_t row_index, int64_t begin, int
 }  // namespace FUSED_ACCUM_CPU_ISA
 }  // namespace cpu
 }  // namespace fused_accum
+
+#undef FA_LANES_INLINE
