@@ -5,7 +5,7 @@
 // `python -m fused_accum.bench` reports the step as a fraction of it.
 //
 // Registered here, with its own library fragment, because it is a measuring
-// tool, not part of the optimizer's operator set in csrc/schemas.cpp.
+// tool, not part of the optimizer's operator set in csrc/ops.cpp.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
@@ -14,7 +14,6 @@
 #include <vector>
 
 #include "../tensor_list_checks.h"
-#include "float_lanes.h"
 #include "multi_tensor_loop.h"
 #include "loop_storage.h"
 
@@ -47,33 +46,6 @@ void stream_piece(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m,
     }
   }
 }
-
-#ifdef FUSED_ACCUM_FLOAT_LANES
-// Float32 and bfloat16, where the step runs its lanes loop: the same loads,
-// stores and prefetches, 16 elements at a time, so the yardstick and the step
-// differ only in their arithmetic. (The compiler vectorises the loop above with
-// a mix of 256- and 512-bit stores.) On GPT-2-small sizes the two loops measured
-// alike in float32 and 72-74 against 60-67 GB/s in bfloat16.
-template <typename T>
-void stream_piece_in_lanes(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m,
-                           T* __restrict__ v, int64_t begin, int64_t end) {
-  const auto add_lanes = [&](int64_t i, auto lanes) {
-    prefetch_ahead(p + i);
-    prefetch_ahead(g + i);
-    prefetch_ahead(m + i);
-    prefetch_ahead(v + i);
-    const FloatLanes gi = load_lanes(g + i, lanes);
-    store_lanes(load_lanes(p + i, lanes) + gi, p + i, lanes);
-    store_lanes(load_lanes(m + i, lanes) + gi, m + i, lanes);
-    store_lanes(load_lanes(v + i, lanes) + gi, v + i, lanes);
-  };
-  for_each_lanes(begin, end, add_lanes);
-}
-#else
-// Declared only, for the discarded branch that names it: kSteppedInLanes is false.
-template <typename T>
-void stream_piece_in_lanes(T* p, const T* g, T* m, T* v, int64_t begin, int64_t end);
-#endif
 
 void check_roofline_args(at::TensorList p, at::TensorList g, at::TensorList m,
                          at::TensorList v) {
@@ -115,11 +87,7 @@ void stream_roofline_cpu(at::TensorList p, at::TensorList g, at::TensorList m,
       vp[i] = loop_pointer(v[i].data_ptr<scalar_t>());
     }
     Segments(numels).parallel_for_each_piece([&](int64_t t, int64_t begin, int64_t end) {
-      if constexpr (kSteppedInLanes<T, T>) {
-        stream_piece_in_lanes(pp[t], gp[t], mp[t], vp[t], begin, end);
-      } else {
-        stream_piece(pp[t], gp[t], mp[t], vp[t], begin, end);
-      }
+      stream_piece(pp[t], gp[t], mp[t], vp[t], begin, end);
     });
   });
 }
