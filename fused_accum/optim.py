@@ -26,7 +26,9 @@ _PARAM_WRITES = (
     ("kahan_summation", "kahan_compensation", 2),
     ("stochastic_rounding", "stochastic_rounding_seed", 3),
 )
-_LOW_PRECISION_OPTIONS = tuple(option for option, _, _ in _PARAM_WRITES) + ("state_dtype",)
+_LOW_PRECISION_OFF = dict(master_weights=False, kahan_summation=False,
+                          stochastic_rounding=False, state_dtype=None)
+_LOW_PRECISION_OPTIONS = tuple(_LOW_PRECISION_OFF)
 
 
 class _StateMap(defaultdict):
@@ -419,11 +421,22 @@ class _FusedAdamStep:
             )
         super().add_param_group(param_group)
 
+    def state_dict(self):
+        # Options that are off are left out: a checkpoint of an optimizer that uses
+        # none is then exactly torch's.
+        state_dict = super().state_dict()
+        for group in state_dict["param_groups"]:
+            for option, off in _LOW_PRECISION_OFF.items():
+                if option in group and group[option] is off:
+                    del group[option]
+        return state_dict
+
     def load_state_dict(self, state_dict):
-        # A checkpoint of torch's optimizer has no low-precision options: the groups
-        # keep this optimizer's. torch casts every saved state tensor to its param's
-        # dtype, which would round float32 masters and moments of bfloat16 params:
-        # those are taken from the checkpoint again, in the dtypes the options ask for.
+        # A checkpoint of torch's optimizer, or of ours with an option off, does not
+        # name every low-precision option: the groups keep this optimizer's. torch casts
+        # every saved state tensor to its param's dtype, which would round float32
+        # masters and moments of bfloat16 params: those are taken from the checkpoint
+        # again, in the dtypes the options ask for.
         options = [{option: group[option] for option in _LOW_PRECISION_OPTIONS}
                    for group in self.param_groups]
         super().load_state_dict(state_dict)

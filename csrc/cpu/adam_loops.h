@@ -191,37 +191,38 @@ void lanes_piece(const AdamKernelCall& call, const AdamKernelRow& row, int64_t b
                         row.max_exp_avg_sq, row.master, row.compensation};
   int64_t i = begin;
   for (; i + W <= end; i += W) step_lanes(streams, i, i);
-  if (i == end) return;
-
   // The last partial group goes through zeroed local copies, so nothing past the
-  // tensor's end is read or written.
-  const int64_t n = end - i;
-  alignas(64) unsigned char local[7][W * sizeof(float)] = {};
-  const auto stage = [&](void* stream, Storage type, int k) -> void* {
-    if (stream == nullptr) return nullptr;
-    std::memcpy(local[k], static_cast<char*>(stream) + i * bytes_of(type), n * bytes_of(type));
-    return local[k];
-  };
-  const Streams staged{stage(row.param, c.param, 0),
-                       stage(row.grad, c.grad, 1),
-                       stage(row.exp_avg, c.state, 2),
-                       stage(row.exp_avg_sq, c.state, 3),
-                       stage(row.max_exp_avg_sq, c.state, 4),
-                       static_cast<float*>(stage(row.master, Storage::kFloat32, 5)),
-                       stage(row.compensation, c.param, 6)};
-  step_lanes(staged, 0, i);
-  const auto unstage = [&](void* stream, Storage type, int k) {
-    if (stream != nullptr) {
-      std::memcpy(static_cast<char*>(stream) + i * bytes_of(type), local[k], n * bytes_of(type));
-    }
-  };
-  unstage(row.param, c.param, 0);
-  if (SOURCE != GradSource::kPlain) unstage(row.grad, c.grad, 1);
-  unstage(row.exp_avg, c.state, 2);
-  unstage(row.exp_avg_sq, c.state, 3);
-  unstage(row.max_exp_avg_sq, c.state, 4);
-  unstage(row.master, Storage::kFloat32, 5);
-  unstage(row.compensation, c.param, 6);
+  // tensor's end is read or written. (With one lane there is none.)
+  if constexpr (W > 1) {
+    if (i == end) return;
+    const int64_t n = end - i;
+    alignas(64) unsigned char local[7][W * sizeof(float)] = {};
+    const auto stage = [&](void* stream, Storage type, int k) -> void* {
+      if (stream == nullptr) return nullptr;
+      std::memcpy(local[k], static_cast<char*>(stream) + i * bytes_of(type), n * bytes_of(type));
+      return local[k];
+    };
+    const Streams staged{stage(row.param, c.param, 0),
+                         stage(row.grad, c.grad, 1),
+                         stage(row.exp_avg, c.state, 2),
+                         stage(row.exp_avg_sq, c.state, 3),
+                         stage(row.max_exp_avg_sq, c.state, 4),
+                         static_cast<float*>(stage(row.master, Storage::kFloat32, 5)),
+                         stage(row.compensation, c.param, 6)};
+    step_lanes(staged, 0, i);
+    const auto unstage = [&](void* stream, Storage type, int k) {
+      if (stream != nullptr) {
+        std::memcpy(static_cast<char*>(stream) + i * bytes_of(type), local[k], n * bytes_of(type));
+      }
+    };
+    unstage(row.param, c.param, 0);
+    if (SOURCE != GradSource::kPlain) unstage(row.grad, c.grad, 1);
+    unstage(row.exp_avg, c.state, 2);
+    unstage(row.exp_avg_sq, c.state, 3);
+    unstage(row.max_exp_avg_sq, c.state, 4);
+    unstage(row.master, Storage::kFloat32, 5);
+    unstage(row.compensation, c.param, 6);
+  }
 }
 
 }  // namespace
