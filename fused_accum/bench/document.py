@@ -160,9 +160,11 @@ same numbers.
   optimizer's state (moments, master weights, compensation, seeds, step counts; torch's
   recipe adds its float32 copies and their grads). A row's GB/s counts the bytes its step
   must move per param, each read and each write of a tensor at its dtype's size:
-  {_mixed_traffic()}. The mixed tables name the CPU and the instruction set the kernels were
-  built for, on which the bfloat16 rows depend: AVX-512 BF16 rounds float32 to bfloat16 in
-  one instruction, AVX2 in several.
+  {_mixed_traffic()}. The mixed tables name the CPU and the level of the CPU loops chosen at
+  run time, on which the bfloat16 rows depend: a bfloat16 step moves half the
+  bytes of a float32 one but does the same float32 arithmetic plus the conversions, so on a
+  2-core AVX2 machine it is bound by arithmetic, and its ratio to float32 moves with the
+  memory's speed at the time.
 - **small** tables: thousands of small tensors (2000 x 1024 and 20000 x 64 elements;
   200 x 1024 and 2000 x 64 with `--quick`), where the work per tensor, not the memory,
   sets the time.
