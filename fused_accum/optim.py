@@ -82,16 +82,19 @@ class _TensorLists:
     """The argument lists of one operator call: tensors of one device and dtype."""
 
     __slots__ = ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "steps",
-                 "masters", "compensations", "seeds")
+                 "write_states")
 
     def __init__(self):
         self.params, self.grads, self.exp_avgs = [], [], []
         self.exp_avg_sqs, self.max_exp_avg_sqs, self.steps = [], [], []
-        self.masters, self.compensations, self.seeds = [], [], []
+        self.write_states = []  # what the group's write option keeps, 16-bit params only
 
-    def as_args(self):
+    def as_args(self, write):
+        """The operator's list arguments; `write` is the group's ParamWrite value, which
+        says whether write_states are master_params, compensations or rounding_seeds."""
+        write_lists = [self.write_states if write == w else [] for _, _, w in _PARAM_WRITES]
         return (self.params, self.grads, self.exp_avgs, self.exp_avg_sqs,
-                self.max_exp_avg_sqs, self.steps, self.masters, self.compensations, self.seeds)
+                self.max_exp_avg_sqs, self.steps, *write_lists)
 
 
 def _check_low_precision_options(group):
@@ -271,8 +274,7 @@ class _FusedAdamStep:
                 lists.max_exp_avg_sqs.append(max_exp_avg_sq)
             lists.steps.append(state["step"])
             if writes:
-                {"master_param": lists.masters, "kahan_compensation": lists.compensations,
-                 "stochastic_rounding_seed": lists.seeds}[write_key].append(state[write_key])
+                lists.write_states.append(state[write_key])
         return grouped
 
     def _step_group(self, group, *, grads=None, window=False, grad_factor=None, found_inf=None):
@@ -345,16 +347,17 @@ class _FusedAdamStep:
 
     def _step_group_traced(self, group, grads, window, grad_factor, found_inf):
         hyper = hyperparams(group)
+        _, write = param_write(group)
         for (device, _), lists in self.group_tensors(group, grads).items():
             lr = lr_for(group, device)
             tensor_lr = isinstance(lr, torch.Tensor)
             factor, inf = _to(grad_factor, device), _to(found_inf, device)
             if window:
                 op = ops.adam_window_step_.tensor_lr if tensor_lr else ops.adam_window_step_
-                op(*lists.as_args(), grad_multiplier=factor, lr=lr, **hyper, found_inf=inf)
+                op(*lists.as_args(write), grad_multiplier=factor, lr=lr, **hyper, found_inf=inf)
             else:
                 op = ops.adam_step_.tensor_lr if tensor_lr else ops.adam_step_
-                op(*lists.as_args(), lr=lr, **hyper, grad_scale=factor, found_inf=inf)
+                op(*lists.as_args(write), lr=lr, **hyper, grad_scale=factor, found_inf=inf)
 
     def _check_window_handoff(self, grad_scale):
         """Refuses a step that would step part of a GradAccumulator's window, or
