@@ -163,3 +163,57 @@ def test_stochastic_rounding_is_independent_of_the_thread_count(threads):
         step_both(lists, False, None, True, False, False, steps=2)
     finally:
         torch.set_num_threads(previous)
+
+
+SPECIAL_VALUES = (float("nan"), float("inf"), -float("inf"), 3.0e38, -0.0)
+
+
+def inject_special_values(lists, seed):
+    """NaN, infinities and near-overflow values in every stream, at spots that fall in
+    different lanes of a group, in the tail of a tensor and in lone elements."""
+    g = torch.Generator().manual_seed(seed)
+    for key in ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs",
+                "master_params", "compensations"):
+        for t in lists[key]:
+            flat = t.view(-1) if t.is_contiguous() else None
+            if flat is None or flat.numel() == 0:
+                continue
+            spots = torch.randint(0, flat.numel(), (max(1, flat.numel() // 200),), generator=g)
+            for spot in spots.tolist():
+                value = SPECIAL_VALUES[int(torch.randint(len(SPECIAL_VALUES), (), generator=g))]
+                if key in ("exp_avg_sqs", "max_exp_avg_sqs") and value < 0:
+                    value = float("nan")
+                flat[spot] = value
+    return lists
+
+
+def assert_equal_bits_or_both_nan(ours, reference):
+    for key in ours:
+        for i, (x, y) in enumerate(zip(ours[key], reference[key])):
+            if x.dtype in (torch.bfloat16, torch.float16):
+                # torch's rounding makes every NaN the same bits, and so must the lanes.
+                assert torch.equal(bits(x), bits(y)), f"{key}[{i}] differs"
+            else:
+                torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True,
+                                           msg=f"{key}[{i}] differs")
+
+
+@pytest.mark.parametrize("param_dtype, state_dtype, write", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("window", [False, True])
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_nan_and_infinities_round_as_the_element_functor_rounds_them(param_dtype, state_dtype,
+                                                                    write, window, amsgrad):
+    grad_dtype = torch.float32 if window else param_dtype
+    lists = inject_special_values(
+        make_lists(param_dtype, state_dtype, grad_dtype, write, amsgrad, seed=3), seed=4)
+    ours, reference = clone(lists), clone(lists)
+    for library, state in ((torch.ops.fused_accum, ours),
+                           (torch.ops.fused_accum_testing, reference)):
+        kwargs = dict(lr=1e-2, **HYPER, weight_decay=0.05, amsgrad=amsgrad, maximize=False,
+                      decoupled_weight_decay=True)
+        if window:
+            library.adam_window_step_(**state, grad_multiplier=torch.tensor(0.5), **kwargs)
+        else:
+            library.adam_step_(**state, grad_scale=None, **kwargs)
+    assert any(t.isnan().any() for t in ours["params"])
+    assert_equal_bits_or_both_nan(ours, reference)

@@ -23,6 +23,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "adam_kernel.h"
 #include "lanes.h"
@@ -72,35 +73,40 @@ FA_LANES_INLINE int64_t bytes_of(Storage type) {
   return type == Storage::kFloat32 ? 4 : type == Storage::kFloat64 ? 8 : 2;
 }
 
+template <LaneOrder ORDER>
 FA_LANES_INLINE FloatLanes load_as(const void* base, Storage type, int64_t i) {
   switch (type) {
     case Storage::kBFloat16:
-      return load_lanes(static_cast<const Bf16Bits*>(base) + i);
+      return load_lanes<ORDER>(static_cast<const Bf16Bits*>(base) + i);
     case Storage::kFloat16:
-      return load_lanes(static_cast<const HalfBits*>(base) + i);
+      return load_lanes<ORDER>(static_cast<const HalfBits*>(base) + i);
     default:
-      return load_lanes(static_cast<const float*>(base) + i);
+      return load_lanes<ORDER>(static_cast<const float*>(base) + i);
   }
 }
 
+// MAY_BE_NAN false: the caller knows no lane of x is NaN, and the rounding to
+// bfloat16 skips its NaN fix-up.
+template <LaneOrder ORDER, bool MAY_BE_NAN = true>
 FA_LANES_INLINE void store_as(FloatLanes x, void* base, Storage type, int64_t i) {
   switch (type) {
     case Storage::kBFloat16:
-      return store_lanes(x, static_cast<Bf16Bits*>(base) + i);
+      return store_lanes<ORDER, MAY_BE_NAN>(x, static_cast<Bf16Bits*>(base) + i);
     case Storage::kFloat16:
-      return store_lanes(x, static_cast<HalfBits*>(base) + i);
+      return store_lanes<ORDER, MAY_BE_NAN>(x, static_cast<HalfBits*>(base) + i);
     default:
-      return store_lanes(x, static_cast<float*>(base) + i);
+      return store_lanes<ORDER, MAY_BE_NAN>(x, static_cast<float*>(base) + i);
   }
 }
 
 // What x reads back as after store_as to `type`.
+template <bool MAY_BE_NAN = true>
 FA_LANES_INLINE FloatLanes rounded_to(FloatLanes x, Storage type) {
   switch (type) {
     case Storage::kBFloat16:
-      return rounded_as(x, static_cast<const Bf16Bits*>(nullptr));
+      return rounded_as<MAY_BE_NAN>(x, static_cast<const Bf16Bits*>(nullptr));
     case Storage::kFloat16:
-      return rounded_as(x, static_cast<const HalfBits*>(nullptr));
+      return rounded_as<MAY_BE_NAN>(x, static_cast<const HalfBits*>(nullptr));
     default:
       return x;
   }
@@ -120,13 +126,16 @@ struct Streams {
 // The dtypes and the write mode of a call as the lanes loop reads them: at run
 // time for most calls, as constants for the layouts that training runs through
 // most (bfloat16 params and moments, with bfloat16 grads or the float32 buffers
-// of an accumulation window), where the loop then carries no branch on them.
+// of an accumulation window), where the loop then carries no branch on them
+// and, its streams being mostly bfloat16, takes the lanes in even/odd order.
 struct RuntimeLayout {
+  static constexpr LaneOrder order = LaneOrder::kInOrder;
   Storage param, grad, state;
   ParamWrite write;
 };
 template <Storage P, Storage G, Storage S, ParamWrite W>
 struct FixedLayout {
+  static constexpr LaneOrder order = LaneOrder::kEvenOdd;
   static constexpr Storage param = P, grad = G, state = S;
   static constexpr ParamWrite write = W;
 };
@@ -142,6 +151,7 @@ void lanes_piece(const AdamKernelCall& call, const AdamKernelRow& row, int64_t b
   const AdamScalars<FloatLanes> scalars = convert_scalars<FloatLanes>(row.float_scalars);
   const FloatLanes factor(grad_factor_as<float>(call.grad_factor, SOURCE));
   constexpr int64_t W = FloatLanes::kWidth;
+  constexpr LaneOrder O = Layout::order;
 
   // Steps the W elements at offset i of `s`, as AdamElementOp steps one: the
   // same reads, take_grad, adam_update and writes, on lanes. `index` is the
@@ -150,40 +160,55 @@ void lanes_piece(const AdamKernelCall& call, const AdamKernelRow& row, int64_t b
                               int64_t index) __attribute__((always_inline)) {
     FloatLanes p;
     if (write == ParamWrite::kFromMaster) {
-      p = load_lanes(s.master + i);
+      p = load_lanes<O>(s.master + i);
     } else {
-      p = load_as(s.param, c.param, i);
-      if (write == ParamWrite::kKahan) p = p + load_as(s.compensation, c.param, i);
+      p = load_as<O>(s.param, c.param, i);
+      if (write == ParamWrite::kKahan) p = p + load_as<O>(s.compensation, c.param, i);
     }
-    FloatLanes grad = load_as(s.grad, c.grad, i);
+    FloatLanes grad = load_as<O>(s.grad, c.grad, i);
     const FloatLanes g = take_grad<SOURCE, FloatLanes>(grad, factor);
-    if constexpr (SOURCE != GradSource::kPlain) store_as(grad, s.grad, c.grad, i);
-    FloatLanes m = load_as(s.exp_avg, c.state, i);
-    FloatLanes v = load_as(s.exp_avg_sq, c.state, i);
-    FloatLanes max_v = AMSGRAD ? load_as(s.max_exp_avg_sq, c.state, i) : FloatLanes(0.0f);
+    FloatLanes m = load_as<O>(s.exp_avg, c.state, i);
+    FloatLanes v = load_as<O>(s.exp_avg_sq, c.state, i);
+    FloatLanes max_v = AMSGRAD ? load_as<O>(s.max_exp_avg_sq, c.state, i) : FloatLanes(0.0f);
     adam_update<MODE, AMSGRAD, MAXIMIZE, DIVISION>(p, g, m, v, max_v, scalars);
-    store_as(m, s.exp_avg, c.state, i);
-    store_as(v, s.exp_avg_sq, c.state, i);
-    if constexpr (AMSGRAD) store_as(max_v, s.max_exp_avg_sq, c.state, i);
-    switch (write) {
-      case ParamWrite::kInPlace:
-        store_as(p, s.param, c.param, i);
-        break;
-      case ParamWrite::kFromMaster:
-        store_lanes(p, s.master + i);
-        store_as(p, s.param, c.param, i);
-        break;
-      case ParamWrite::kKahan:
-        store_as(p, s.param, c.param, i);
-        store_as(p - rounded_to(p, c.param), s.compensation, c.param, i);
-        break;
-      case ParamWrite::kStochastic: {
-        const UintLanes base(rounding_base(rounding_key, index));
-        const UintLanes noise =
-            rounding_noise(base, iota_lanes(static_cast<uint32_t>(index)));
-        store_lanes_stochastic(p, noise, static_cast<Bf16Bits*>(s.param) + i);
-        break;
+
+    const auto store_results = [&](auto may_be_nan) __attribute__((always_inline)) {
+      constexpr bool N = decltype(may_be_nan)::value;
+      if constexpr (SOURCE != GradSource::kPlain) store_as<O, N>(grad, s.grad, c.grad, i);
+      store_as<O, N>(m, s.exp_avg, c.state, i);
+      store_as<O, N>(v, s.exp_avg_sq, c.state, i);
+      if constexpr (AMSGRAD) store_as<O, N>(max_v, s.max_exp_avg_sq, c.state, i);
+      switch (write) {
+        case ParamWrite::kInPlace:
+          store_as<O, N>(p, s.param, c.param, i);
+          break;
+        case ParamWrite::kFromMaster:
+          store_lanes<O>(p, s.master + i);
+          store_as<O, N>(p, s.param, c.param, i);
+          break;
+        case ParamWrite::kKahan:
+          store_as<O, N>(p, s.param, c.param, i);
+          // An infinite p leaves inf - inf: the compensation may be NaN where p is not.
+          store_as<O>(p - rounded_to<N>(p, c.param), s.compensation, c.param, i);
+          break;
+        case ParamWrite::kStochastic: {
+          const UintLanes base(rounding_base(rounding_key, index));
+          const UintLanes noise =
+              rounding_noise(base, iota_lanes<O>(static_cast<uint32_t>(index)));
+          store_lanes_stochastic<O, N>(p, noise, static_cast<Bf16Bits*>(s.param) + i);
+          break;
+        }
       }
+    };
+    // A NaN in any value this step stores reaches p through the update: a NaN
+    // grad through m, a NaN m directly, a NaN v (or max_v) through the square
+    // root, and the unscaled grad written back is the g that fed m. Where no
+    // lane of p is NaN, every rounding to bfloat16 can skip its NaN fix-up (a
+    // compare and a blend per register).
+    if (any_nan(p)) {
+      store_results(std::true_type{});
+    } else {
+      store_results(std::false_type{});
     }
   };
 
