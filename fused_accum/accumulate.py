@@ -45,6 +45,7 @@ in progress holds gradients scaled by the scaler's current scale).
 
 import contextlib
 import math
+import operator
 
 import torch
 import torch.distributed as dist
@@ -65,6 +66,11 @@ class GradAccumulator:
     the optimizer's params should be None or zero when the accumulator is created.
     ``scaler``: a ``torch.amp.GradScaler`` for fp16 training (see the module docstring),
     or None.
+
+    Each param must be listed once. Params appended later with
+    ``optimizer.add_param_group`` (e.g. layers unfrozen during fine-tuning) join at the
+    accumulator's next call, also in the middle of a window: a gradient they already
+    hold then counts toward that window.
     """
 
     def __init__(self, optimizer, steps, max_grad_norm=None, scaler=None):
@@ -95,18 +101,18 @@ class GradAccumulator:
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.grad_norm = None
         self._scaler = scaler if scaler is not None and scaler.is_enabled() else None
-        self._params = [p for g in optimizer.param_groups for p in g["params"]]
-        self._index = {p: i for i, p in enumerate(self._params)}
-        self._flats, self._buffers = _allocate_buffers(self._params)
-        self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad)
-                       for p in self._params if p.requires_grad]
+        _check_each_param_once(optimizer.param_groups)
+        self._params, self._index = [], {}
+        self._flats, self._buffers, self._hooks = {}, {}, []
         self._reset_window()
+        self._take_params(_params_of(optimizer), join_window=False)
         optimizer._accumulator = self
 
     # ----------------------------------------------------------------- micro-batches
     @contextlib.contextmanager
     def accumulate(self, model):
         """One micro-batch of `model`; for DDP, decides whether DDP all-reduces it."""
+        self._follow_optimizer()
         self._check_model(model)
         if not isinstance(model, DistributedDataParallel):
             yield self
@@ -124,6 +130,7 @@ class GradAccumulator:
         """loss.backward(), unscaled: the mean loss of a micro-batch, or with
         `weight` a summed loss and what it sums over (e.g. its token count). With a
         scaler, scaler.scale(loss).backward()."""
+        self._follow_optimizer()
         if self.micro_step >= self.steps:
             raise RuntimeError(
                 f"the window of {self.steps} micro-batches is full: call step() "
@@ -175,6 +182,7 @@ class GradAccumulator:
     # ------------------------------------------------------------------ window end
     @torch.no_grad()
     def _finish_window(self):
+        self._follow_optimizer()
         grads = self._window_grads()
         already_averaged_over = 1  # DDP divides by the world size when it reduces
         world = 1
@@ -279,6 +287,52 @@ class GradAccumulator:
         self._in_synced_context = False
         self._window_synced = False
 
+    # ------------------------------------------------------------ params followed
+    def _follow_optimizer(self):
+        """Takes in params appended to the optimizer since the last call
+        (add_param_group); refuses any other change to its params."""
+        params = _params_of(self.optimizer)
+        if len(params) == len(self._params) and all(map(operator.is_, params, self._params)):
+            return
+        for i, (p, q) in enumerate(zip(params, self._params)):
+            if p is not q:
+                raise RuntimeError(
+                    "the optimizer's params changed since the GradAccumulator was made: "
+                    f"{_param_name(self.optimizer.param_groups, i)} is not the param it "
+                    "holds there. Only params appended with optimizer.add_param_group are "
+                    "followed; to change others, call remove() and make a new "
+                    "GradAccumulator"
+                )
+        if len(params) < len(self._params):
+            raise RuntimeError(
+                "the optimizer's params changed since the GradAccumulator was made: it "
+                f"holds {len(params)} params, the accumulator {len(self._params)}. Only "
+                "params appended with optimizer.add_param_group are followed; to change "
+                "others, call remove() and make a new GradAccumulator"
+            )
+        _check_each_param_once(self.optimizer.param_groups)
+        self._take_params(params[len(self._params):])
+
+    @torch.no_grad()
+    def _take_params(self, new, join_window=True):
+        """Appends `new` to the accumulator's params: hooks, and for low-precision ones
+        buffers. The buffers are laid out again over all params, as a new accumulator
+        would lay them out (so its state_dict fits either), the window in progress
+        copied over. With `join_window`, a gradient a new param already holds (a
+        backward before add_param_group) counts toward the window."""
+        self._params = self._params + new
+        self._index.update((p, i) for i, p in enumerate(self._params))
+        if any(p.dtype in _LOW_PRECISION and p.requires_grad for p in new):
+            flats, buffers = _allocate_buffers(self._params)
+            for p, old in self._buffers.items():
+                buffers[p].copy_(old)
+            self._flats, self._buffers = flats, buffers
+        self._hooks += [p.register_post_accumulate_grad_hook(self._on_grad)
+                        for p in new if p.requires_grad]
+        for p in new:
+            if join_window and p.grad is not None and p.requires_grad:
+                self._on_grad(p)
+
     # ---------------------------------------------------------------- hooks, checks
     @torch.no_grad()
     def _on_grad(self, p):
@@ -341,6 +395,34 @@ class GradAccumulator:
         self._weight_total = state["weight_total"]
         self._touched = set(state["touched"])
         self.grad_norm = state["grad_norm"]
+
+
+def _params_of(optimizer):
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def _param_name(param_groups, index):
+    """Where the `index`-th param of the optimizer (group after group) sits."""
+    for g, group in enumerate(param_groups):
+        if index < len(group["params"]):
+            return f"param_groups[{g}]['params'][{index}]"
+        index -= len(group["params"])
+    raise IndexError(index)
+
+
+def _check_each_param_once(param_groups):
+    """Refuses a param listed twice. torch.optim only warns about one listed twice in
+    a group (and steps it twice); here its hook would fold each gradient in twice."""
+    first = {}
+    for g, group in enumerate(param_groups):
+        for i, p in enumerate(group["params"]):
+            seen = first.setdefault(id(p), (g, i))
+            if seen != (g, i):
+                raise ValueError(
+                    f"param_groups[{g}]['params'][{i}] is the same tensor as "
+                    f"param_groups[{seen[0]}]['params'][{seen[1]}]: a GradAccumulator "
+                    "needs each param listed once"
+                )
 
 
 def _updated_scaler_state(state, found_inf):

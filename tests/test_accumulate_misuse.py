@@ -1,0 +1,143 @@
+"""GradAccumulator used in ways it must refuse clearly or follow: a param listed twice,
+params added to the optimizer later, a removed accumulator, a state_dict that does not
+fit, complex params."""
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fused_accum import FusedAdamW, GradAccumulator
+from test_accumulate import feed, make_model, make_windows
+
+LR, MAX_NORM = 1e-2, 0.05
+
+
+def square_loss(params):
+    return sum((p.float() ** 2).sum() for p in params)
+
+
+# ------------------------------------------------------------------ a param twice
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_param_listed_twice_is_refused_when_the_accumulator_is_made(dtype):
+    a = torch.nn.Parameter(torch.randn(4, dtype=dtype))
+    b = torch.nn.Parameter(torch.randn(3, dtype=dtype))
+    with pytest.warns(UserWarning, match="duplicate parameters"):  # torch only warns
+        opt = FusedAdamW([a, b, a])
+    with pytest.raises(ValueError, match=re.escape(
+            "param_groups[0]['params'][2] is the same tensor as "
+            "param_groups[0]['params'][0]")):
+        GradAccumulator(opt, steps=2)
+    assert opt._accumulator is None  # nothing was set up
+
+
+def test_param_put_in_a_second_group_is_refused_at_the_next_call():
+    # torch refuses it in add_param_group; editing param_groups directly gets past that.
+    a, b = (torch.nn.Parameter(torch.randn(4, dtype=torch.bfloat16)) for _ in range(2))
+    opt = FusedAdamW([{"params": [a]}, {"params": [b]}])
+    acc = GradAccumulator(opt, steps=2)
+    opt.param_groups[1]["params"].append(a)
+    with pytest.raises(ValueError, match=re.escape(
+            "param_groups[1]['params'][1] is the same tensor as "
+            "param_groups[0]['params'][0]")):
+        acc.backward(square_loss([a, b]))
+    assert a.grad is None and b.grad is None  # refused before the backward
+
+
+# ----------------------------------------------------------------- add_param_group
+def two_part_model(dtype, seed=0):
+    """A body trained from the start and a head unfrozen later, as in fine-tuning."""
+    model = make_model(seed, dtype)
+    body, head = model[0], model[2]
+    head.requires_grad_(False)
+    return model, body, head
+
+
+@pytest.mark.parametrize("mid_window", [False, True], ids=["between_windows", "mid_window"])
+def test_param_group_added_later_matches_torch(mid_window):
+    """The head joins after two windows (or after the first micro-batch of the third):
+    torch AdamW on one large batch per window, the head's gradient counting from the
+    micro-batch after it was unfrozen, as loss/N accumulation in torch gives."""
+    model, body, head = two_part_model(torch.float32)
+    ref, ref_body, ref_head = two_part_model(torch.float32)
+    opt = FusedAdamW(body.parameters(), lr=LR)
+    ref_opt = torch.optim.AdamW(ref_body.parameters(), lr=LR)
+    acc = GradAccumulator(opt, steps=3, max_grad_norm=MAX_NORM)
+    windows = make_windows([4, 4, 4], windows=4)
+    for w, window in enumerate(windows):
+        for m, (x, y) in enumerate(window):
+            if w == 2 and m == (1 if mid_window else 0):
+                for part, o in ((head, opt), (ref_head, ref_opt)):
+                    part.requires_grad_(True)
+                    o.add_param_group({"params": list(part.parameters()), "lr": LR / 2})
+            with acc.accumulate(model):
+                acc.backward(F.mse_loss(model(x), y))
+            stepped = acc.step()
+            (F.mse_loss(ref(x), y) / len(window)).backward()
+        assert stepped
+        ref_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in ref.parameters() if p.grad is not None], MAX_NORM)
+        ref_opt.step()
+        ref_opt.zero_grad()
+        torch.testing.assert_close(acc.grad_norm, ref_norm)
+    assert ref_norm > 2 * MAX_NORM  # clipping is active in the last window
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_param_group_added_later_equals_a_new_accumulator(dtype):
+    """Adding a group between windows gives the same bits as making the accumulator
+    again with every group; bf16 params then get buffers in the same layout, so the
+    accumulator's state_dict is interchangeable too."""
+    runs = []
+    for remake in (False, True):
+        model, body, head = two_part_model(dtype)
+        opt = FusedAdamW(body.parameters(), lr=LR)
+        acc = GradAccumulator(opt, steps=2, max_grad_norm=MAX_NORM)
+        for w, window in enumerate(make_windows([3, 5], windows=4, dtype=dtype)):
+            if w == 2:
+                head.requires_grad_(True)
+                opt.add_param_group({"params": list(head.parameters())})
+                if remake:
+                    acc.remove()
+                    acc = GradAccumulator(opt, steps=2, max_grad_norm=MAX_NORM)
+            assert feed(model, acc, window[:1], weighted=False) is False
+            if w == 3:
+                saved = acc.state_dict()
+            assert feed(model, acc, window[1:], weighted=False) is True
+        runs.append(([p.detach().clone() for p in model.parameters()], saved))
+    (added, added_state), (remade, remade_state) = runs
+    for p, q in zip(added, remade):
+        assert torch.equal(p, q)
+    assert len(added_state["buffers"]) == len(remade_state["buffers"])
+    for b, c in zip(added_state["buffers"], remade_state["buffers"]):
+        assert torch.equal(b, c)
+    assert added_state["grads"].keys() == remade_state["grads"].keys()
+
+
+def test_low_precision_grad_of_a_param_added_mid_window_joins_its_buffer():
+    a = torch.nn.Parameter(torch.randn(5, dtype=torch.bfloat16))
+    b = torch.nn.Parameter(torch.randn(3, dtype=torch.bfloat16))
+    opt = FusedAdamW([a], lr=LR)
+    acc = GradAccumulator(opt, steps=2)
+    acc.backward(square_loss([a, b]))  # b is not the accumulator's yet: p.grad keeps it
+    first = b.grad.float().clone()
+    opt.add_param_group({"params": [b]})
+    acc.backward(square_loss([a, b]))
+    assert b.grad is None  # both micro-batches in b's float32 buffer
+    torch.testing.assert_close(acc._buffers[b], first + 2 * b.detach().float(), rtol=0, atol=0)
+
+
+def test_params_removed_from_the_optimizer_are_refused_at_the_next_call():
+    model = make_model()
+    opt = FusedAdamW(model.parameters(), lr=LR)
+    acc = GradAccumulator(opt, steps=2)
+    opt.param_groups[0]["params"].pop(1)
+    with pytest.raises(RuntimeError, match=re.escape(
+            "the optimizer's params changed since the GradAccumulator was made: "
+            "param_groups[0]['params'][1] is not the param it holds there")):
+        acc.backward(square_loss(model.parameters()))
+
+
