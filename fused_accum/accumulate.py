@@ -104,6 +104,7 @@ class GradAccumulator:
         _check_each_param_once(optimizer.param_groups)
         self._params, self._index = [], {}
         self._flats, self._buffers, self._hooks = {}, {}, []
+        self._removed = False
         self._reset_window()
         self._take_params(_params_of(optimizer), join_window=False)
         optimizer._accumulator = self
@@ -112,7 +113,7 @@ class GradAccumulator:
     @contextlib.contextmanager
     def accumulate(self, model):
         """One micro-batch of `model`; for DDP, decides whether DDP all-reduces it."""
-        self._follow_optimizer()
+        self._ready("accumulate")
         self._check_model(model)
         if not isinstance(model, DistributedDataParallel):
             yield self
@@ -130,7 +131,7 @@ class GradAccumulator:
         """loss.backward(), unscaled: the mean loss of a micro-batch, or with
         `weight` a summed loss and what it sums over (e.g. its token count). With a
         scaler, scaler.scale(loss).backward()."""
-        self._follow_optimizer()
+        self._ready("backward")
         if self.micro_step >= self.steps:
             raise RuntimeError(
                 f"the window of {self.steps} micro-batches is full: call step() "
@@ -157,6 +158,7 @@ class GradAccumulator:
     def step(self):
         """Steps when the window is complete; True when the optimizer stepped. False
         while the window is filling, and for a discarded (non-finite) window."""
+        self._ready("step")
         if self.micro_step == 0:
             raise RuntimeError("step() called before any backward(): the window is empty")
         if self.micro_step < self.steps:
@@ -166,23 +168,29 @@ class GradAccumulator:
     def flush(self):
         """Steps on a partial window (end of data), normalised by the micro-batches
         or weight it holds; False when it is empty or its norm is not finite."""
+        self._ready("flush")
         if self.micro_step == 0:
             return False
         return self._finish_window()
 
     def remove(self):
-        """Removes the gradient hooks and hands the optimizer back to plain use;
-        the accumulator must not be used afterwards."""
+        """Removes the gradient hooks, frees the buffers and hands the optimizer back
+        to plain use (or to a new GradAccumulator). A window in progress is dropped:
+        call flush() first to step on it. fp32/fp64 params keep their window sums in
+        ``p.grad``. Every later call of this accumulator raises; remove() itself may
+        be called again."""
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        self._flats, self._buffers = {}, {}
+        self._reset_window()
+        self._removed = True
         if self.optimizer._accumulator is self:
             self.optimizer._accumulator = None
 
     # ------------------------------------------------------------------ window end
     @torch.no_grad()
     def _finish_window(self):
-        self._follow_optimizer()
         grads = self._window_grads()
         already_averaged_over = 1  # DDP divides by the world size when it reduces
         world = 1
@@ -288,6 +296,16 @@ class GradAccumulator:
         self._window_synced = False
 
     # ------------------------------------------------------------ params followed
+    def _ready(self, call):
+        """Called first by every public method: refuses a removed accumulator, and
+        follows params added to the optimizer since the last call."""
+        if self._removed:
+            raise RuntimeError(
+                f"GradAccumulator.{call}() after remove(): the accumulator no longer "
+                "follows its optimizer's gradients; make a new GradAccumulator"
+            )
+        self._follow_optimizer()
+
     def _follow_optimizer(self):
         """Takes in params appended to the optimizer since the last call
         (add_param_group); refuses any other change to its params."""
@@ -357,6 +375,7 @@ class GradAccumulator:
     # ------------------------------------------------------------------ state dict
     def state_dict(self):
         """The window in progress, buffers and fp32 grads included (cloned)."""
+        self._ready("state_dict")
         fp_grads = {i: p.grad.detach().clone() for i, p in enumerate(self._params)
                     if p not in self._buffers and p.grad is not None and i in self._touched}
         return {
@@ -374,6 +393,7 @@ class GradAccumulator:
 
     @torch.no_grad()
     def load_state_dict(self, state):
+        self._ready("load_state_dict")
         if state["steps"] != self.steps:
             raise ValueError(f"state_dict is for steps={state['steps']}, this "
                              f"accumulator has steps={self.steps}")

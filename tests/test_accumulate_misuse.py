@@ -141,3 +141,47 @@ def test_params_removed_from_the_optimizer_are_refused_at_the_next_call():
         acc.backward(square_loss(model.parameters()))
 
 
+# --------------------------------------------------------------------------- remove
+@pytest.mark.parametrize("call", ["step", "flush", "backward", "accumulate", "state_dict",
+                                  "load_state_dict"])
+def test_removed_accumulator_refuses_every_call(call):
+    model = make_model()
+    opt = FusedAdamW(model.parameters(), lr=LR)
+    acc = GradAccumulator(opt, steps=1)
+    saved = acc.state_dict()
+    x = torch.randn(2, 6)
+    acc.backward(model(x).square().mean())
+    before = [p.detach().clone() for p in model.parameters()]
+    acc.remove()
+    acc.remove()  # a second remove() is harmless, as in teardown code
+    calls = {
+        "step": acc.step, "flush": acc.flush, "state_dict": acc.state_dict,
+        "backward": lambda: acc.backward(model(x).square().mean()),
+        "accumulate": lambda: acc.accumulate(model).__enter__(),
+        "load_state_dict": lambda: acc.load_state_dict(saved),
+    }
+    with pytest.raises(RuntimeError, match=re.escape(
+            f"GradAccumulator.{call}() after remove(): the accumulator no longer "
+            "follows its optimizer's gradients")):
+        calls[call]()
+    for p, q in zip(model.parameters(), before):
+        assert torch.equal(p, q)
+    # The optimizer is back to plain use, and can be driven by a new accumulator.
+    opt.step()
+    GradAccumulator(opt, steps=1)
+
+
+def test_remove_releases_the_buffers_and_leaves_fp32_window_sums_in_grad():
+    model = make_model()
+    model[2].to(torch.bfloat16)
+    opt = FusedAdamW(model.parameters(), lr=LR)
+    acc = GradAccumulator(opt, steps=3)
+    acc.backward(model[2](model[0](torch.randn(2, 6)).bfloat16()).float().square().mean())
+    fp32_grads = [p.grad.clone() for p in model[0].parameters()]
+    acc.remove()
+    assert acc._flats == {} and acc._buffers == {}
+    assert all(p.grad is None for p in model[2].parameters())
+    for p, g in zip(model[0].parameters(), fp32_grads):
+        assert torch.equal(p.grad, g)
+
+
