@@ -393,28 +393,89 @@ class GradAccumulator:
 
     @torch.no_grad()
     def load_state_dict(self, state):
+        """Restores a window saved by state_dict(). Every entry is checked against
+        this accumulator (its steps, params and buffers) before anything is loaded."""
         self._ready("load_state_dict")
-        if state["steps"] != self.steps:
-            raise ValueError(f"state_dict is for steps={state['steps']}, this "
-                             f"accumulator has steps={self.steps}")
-        scaled = state.get("scaled", False)
-        if state["micro_step"] and scaled != (self._scaler is not None):
-            raise ValueError(
-                f"state_dict holds a window of {'scaled' if scaled else 'unscaled'} "
-                f"gradients, and this accumulator has {'no' if scaled else 'a'} GradScaler")
-        if len(state["buffers"]) != len(self._flats):
-            raise ValueError("state_dict buffers do not match this optimizer's params")
+        self._check_loadable(state)
         for flat, saved in zip(self._flats.values(), state["buffers"]):
             flat.copy_(saved)
         for i, g in state["grads"].items():
             p = self._params[i]
-            p.grad = g.to(device=p.device, dtype=p.dtype).clone()
+            p.grad = g.to(device=p.device).clone()
         self.max_grad_norm = state["max_grad_norm"]
         self.micro_step = state["micro_step"]
         self._mode = state["mode"]
         self._weight_total = state["weight_total"]
         self._touched = set(state["touched"])
         self.grad_norm = state["grad_norm"]
+
+
+    def _check_loadable(self, state):
+        """Raises ValueError naming the first entry of `state` that does not fit."""
+        missing = [k for k in _STATE_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"state_dict is missing {missing[0]!r}: expected the keys "
+                             f"{', '.join(_STATE_KEYS)} of GradAccumulator.state_dict()")
+        unexpected = [k for k in state if k not in _STATE_KEYS + _OPTIONAL_STATE_KEYS]
+        if unexpected:
+            raise ValueError(f"state_dict has unexpected key {unexpected[0]!r}: expected "
+                             f"those of GradAccumulator.state_dict()")
+        if state["steps"] != self.steps:
+            raise ValueError(f"state_dict is for steps={state['steps']}, this "
+                             f"accumulator has steps={self.steps}")
+        micro_step = state["micro_step"]
+        if isinstance(micro_step, bool) or not isinstance(micro_step, int) or not (
+                0 <= micro_step <= self.steps):
+            raise ValueError(f"state_dict['micro_step'] is {micro_step!r}, expected an "
+                             f"integer from 0 to {self.steps}")
+        if state["mode"] not in (None, _MEAN, _WEIGHTED):
+            raise ValueError(f"state_dict['mode'] is {state['mode']!r}, expected None, "
+                             f"{_MEAN!r} or {_WEIGHTED!r}")
+        scaled = state.get("scaled", False)
+        if micro_step and scaled != (self._scaler is not None):
+            raise ValueError(
+                f"state_dict holds a window of {'scaled' if scaled else 'unscaled'} "
+                f"gradients, and this accumulator has {'no' if scaled else 'a'} GradScaler")
+        n = len(self._params)
+        for i in state["touched"]:
+            if not 0 <= i < n:
+                raise ValueError(f"state_dict['touched'] has index {i}, expected indices "
+                                 f"of the {n} params")
+        buffers = state["buffers"]
+        if len(buffers) != len(self._flats):
+            raise ValueError(
+                f"state_dict['buffers'] holds {len(buffers)} buffers, expected "
+                f"{len(self._flats)}: one per device holding bfloat16/float16 params")
+        for i, (flat, saved) in enumerate(zip(self._flats.values(), buffers)):
+            _check_saved_tensor(f"state_dict['buffers'][{i}]", saved, flat)
+        for i, g in state["grads"].items():
+            if not 0 <= i < n:
+                raise ValueError(f"state_dict['grads'] has index {i}, expected indices of "
+                                 f"the {n} params")
+            p = self._params[i]
+            if p in self._buffers:
+                raise ValueError(f"state_dict['grads'][{i}] is for param {i}, whose window "
+                                 "sum is kept in state_dict['buffers']")
+            _check_saved_tensor(f"state_dict['grads'][{i}]", g, p)
+
+
+# The keys of GradAccumulator.state_dict(); "scaled" is absent from checkpoints
+# written before float16 training with a GradScaler existed.
+_STATE_KEYS = ("steps", "max_grad_norm", "micro_step", "mode", "weight_total", "touched",
+               "buffers", "grads", "grad_norm")
+_OPTIONAL_STATE_KEYS = ("scaled",)
+
+
+def _check_saved_tensor(name, saved, own):
+    """A saved tensor must have the shape and dtype of the one it is loaded into (it
+    may come from another device)."""
+    if not isinstance(saved, torch.Tensor):
+        raise ValueError(f"{name} is a {type(saved).__name__}, expected a tensor of "
+                         f"shape {tuple(own.shape)} and dtype {own.dtype}")
+    if saved.shape != own.shape or saved.dtype != own.dtype:
+        raise ValueError(
+            f"{name} has shape {tuple(saved.shape)} and dtype {saved.dtype}, expected "
+            f"shape {tuple(own.shape)} and dtype {own.dtype}")
 
 
 def _params_of(optimizer):

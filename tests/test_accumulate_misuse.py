@@ -185,3 +185,83 @@ def test_remove_releases_the_buffers_and_leaves_fp32_window_sums_in_grad():
         assert torch.equal(p.grad, g)
 
 
+# -------------------------------------------------------------------- load_state_dict
+def bf16_and_fp32_accumulator(fed=True):
+    """77 bf16 elements in one buffer (params 0 and 1), two fp32 params (2 and 3);
+    with `fed`, one micro-batch of a window of 3 in it."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 11).to(torch.bfloat16),  # 66 + 11
+                                torch.nn.Linear(11, 3))
+    acc = GradAccumulator(FusedAdamW(model.parameters(), lr=LR), steps=3)
+    if fed:
+        x = torch.randn(2, 6, dtype=torch.bfloat16)
+        acc.backward(model[1](model[0](x).float()).square().mean())
+    return model, acc
+
+
+def corrupt(name):
+    """(change to a state_dict, the expected message)."""
+    cases = {
+        "buffer_shape": (lambda s: s["buffers"].__setitem__(0, torch.ones(1)),
+                         "state_dict['buffers'][0] has shape (1,) and dtype torch.float32, "
+                         "expected shape (77,) and dtype torch.float32"),
+        "buffer_dtype": (lambda s: s["buffers"].__setitem__(0, s["buffers"][0].bfloat16()),
+                         "state_dict['buffers'][0] has shape (77,) and dtype torch.bfloat16, "
+                         "expected shape (77,) and dtype torch.float32"),
+        "buffer_count": (lambda s: s["buffers"].append(torch.zeros(77)),
+                         "state_dict['buffers'] holds 2 buffers, expected 1"),
+        "missing_key": (lambda s: s.pop("touched"),
+                        "state_dict is missing 'touched'"),
+        "unexpected_key": (lambda s: s.__setitem__("extra", 1),
+                           "state_dict has unexpected key 'extra'"),
+        "grad_shape": (lambda s: s["grads"].__setitem__(2, torch.zeros(3, 1)),
+                       "state_dict['grads'][2] has shape (3, 1) and dtype torch.float32, "
+                       "expected shape (3, 11) and dtype torch.float32"),
+        "grad_dtype": (lambda s: s["grads"].__setitem__(3, torch.zeros(3, dtype=torch.float64)),
+                       "state_dict['grads'][3] has shape (3,) and dtype torch.float64, "
+                       "expected shape (3,) and dtype torch.float32"),
+        "grad_of_buffered_param": (lambda s: s["grads"].__setitem__(0, torch.zeros(11, 6)),
+                                   "state_dict['grads'][0] is for param 0, whose window sum "
+                                   "is kept in state_dict['buffers']"),
+        "grad_index": (lambda s: s["grads"].__setitem__(4, torch.zeros(3)),
+                       "state_dict['grads'] has index 4, expected indices of the 4 params"),
+        "touched_index": (lambda s: s.__setitem__("touched", [0, 7]),
+                          "state_dict['touched'] has index 7, expected indices of the 4 "
+                          "params"),
+        "micro_step": (lambda s: s.__setitem__("micro_step", 4),
+                       "state_dict['micro_step'] is 4, expected an integer from 0 to 3"),
+        "mode": (lambda s: s.__setitem__("mode", "sum"),
+                 "state_dict['mode'] is 'sum', expected None, 'mean' or 'weighted'"),
+    }
+    return cases[name]
+
+
+@pytest.mark.parametrize("name", ["buffer_shape", "buffer_dtype", "buffer_count",
+                                  "missing_key", "unexpected_key", "grad_shape",
+                                  "grad_dtype", "grad_of_buffered_param", "grad_index",
+                                  "touched_index", "micro_step", "mode"])
+def test_load_state_dict_refuses_a_state_that_does_not_fit(name):
+    change, message = corrupt(name)
+    model, acc = bf16_and_fp32_accumulator()
+    state = acc.state_dict()
+    change(state)
+    other_model, other = bf16_and_fp32_accumulator(fed=False)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        other.load_state_dict(state)
+    # Nothing was loaded.
+    assert other.micro_step == 0 and not other._touched
+    assert not any(flat.any() for flat in other._flats.values())
+    assert all(p.grad is None for p in other_model.parameters())
+
+
+def test_load_state_dict_takes_a_state_that_fits():
+    model, acc = bf16_and_fp32_accumulator()
+    state = acc.state_dict()
+    other_model, other = bf16_and_fp32_accumulator(fed=False)
+    other.load_state_dict(state)
+    assert torch.equal(other.state_dict()["buffers"][0], state["buffers"][0])
+    assert other.micro_step == 1
+    for p, q in zip(model[1].parameters(), other_model[1].parameters()):
+        assert torch.equal(p.grad, q.grad)
+
+
