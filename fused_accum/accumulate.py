@@ -240,6 +240,9 @@ class GradAccumulator:
         by_device = {}
         for g in grads:
             if g is not None:
+                # |z|^2 = re^2 + im^2: a complex grad's squares are its real view's, as
+                # clip_grad_norm_'s vector_norm of a complex tensor is.
+                g = torch.view_as_real(g) if g.is_complex() else g
                 by_device.setdefault(g.device, []).append(g)
         devices = list(by_device) or [self._params[0].device]
         sumsq = torch.zeros((), dtype=torch.float32, device=devices[0])

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from fused_accum import FusedAdamW, GradAccumulator
-from test_accumulate import feed, make_model, make_windows
+from test_accumulate import feed, make_model, make_windows, run_reference
 
 LR, MAX_NORM = 1e-2, 0.05
 
@@ -265,3 +265,35 @@ def test_load_state_dict_takes_a_state_that_fits():
         assert torch.equal(p.grad, q.grad)
 
 
+# ------------------------------------------------------------------- complex params
+class ComplexModel(torch.nn.Module):
+    """A complex linear map, its real and imaginary parts fed to a real head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.w = torch.nn.Parameter(torch.randn(6, 5, dtype=torch.complex64) * 0.4)
+        self.b = torch.nn.Parameter(torch.randn(5, dtype=torch.complex64) * 0.1)
+        self.head = torch.nn.Linear(10, 3)
+
+    def forward(self, x):
+        z = x.to(torch.complex64) @ self.w + self.b
+        return self.head(torch.tanh(torch.cat([z.real, z.imag], dim=-1)))
+
+
+@pytest.mark.parametrize("max_norm", [MAX_NORM, None], ids=["clipped", "unclipped"])
+def test_complex_params_match_torch_adamw_and_clip_grad_norm(max_norm):
+    model, ref = ComplexModel(), ComplexModel()
+    opt = FusedAdamW(model.parameters(), lr=LR, weight_decay=0.1)
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=LR, weight_decay=0.1)
+    acc = GradAccumulator(opt, steps=3, max_grad_norm=max_norm)
+    for window in make_windows([4, 4, 4], windows=5):
+        assert feed(model, acc, window, weighted=False) is True
+        # torch's norm of a complex grad is sqrt(sum |z|^2).
+        ref_norm = run_reference(ref, ref_opt, window, max_norm)
+        torch.testing.assert_close(acc.grad_norm, ref_norm)
+        if max_norm is not None:
+            assert ref_norm > 2 * max_norm
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert p.dtype == q.dtype
+        torch.testing.assert_close(p, q)
