@@ -68,9 +68,9 @@ class GradAccumulator:
     or None.
 
     Each param must be listed once. Params appended later with
-    ``optimizer.add_param_group`` (e.g. layers unfrozen during fine-tuning) join at the
-    accumulator's next call, also in the middle of a window: a gradient they already
-    hold then counts toward that window.
+    ``optimizer.add_param_group``, and params of the optimizer that were frozen
+    (``requires_grad=False``) and are unfrozen, join at the accumulator's next call,
+    also in the middle of a window: a gradient they already hold counts toward it.
     """
 
     def __init__(self, optimizer, steps, max_grad_norm=None, scaler=None):
@@ -104,6 +104,7 @@ class GradAccumulator:
         _check_each_param_once(optimizer.param_groups)
         self._params, self._index = [], {}
         self._flats, self._buffers, self._hooks = {}, {}, []
+        self._unhooked = {}  # params that did not require grad yet (a dict: ordered)
         self._removed = False
         self._reset_window()
         self._take_params(_params_of(optimizer), join_window=False)
@@ -314,6 +315,8 @@ class GradAccumulator:
         (add_param_group); refuses any other change to its params."""
         params = _params_of(self.optimizer)
         if len(params) == len(self._params) and all(map(operator.is_, params, self._params)):
+            if self._unhooked:
+                self._hook_trainable()
             return
         for i, (p, q) in enumerate(zip(params, self._params)):
             if p is not q:
@@ -334,24 +337,36 @@ class GradAccumulator:
         _check_each_param_once(self.optimizer.param_groups)
         self._take_params(params[len(self._params):])
 
-    @torch.no_grad()
     def _take_params(self, new, join_window=True):
-        """Appends `new` to the accumulator's params: hooks, and for low-precision ones
-        buffers. The buffers are laid out again over all params, as a new accumulator
-        would lay them out (so its state_dict fits either), the window in progress
-        copied over. With `join_window`, a gradient a new param already holds (a
-        backward before add_param_group) counts toward the window."""
+        """Appends `new` to the accumulator's params and hooks the trainable ones."""
         self._params = self._params + new
         self._index.update((p, i) for i, p in enumerate(self._params))
-        if any(p.dtype in _LOW_PRECISION and p.requires_grad for p in new):
-            flats, buffers = _allocate_buffers(self._params)
+        self._unhooked.update(dict.fromkeys(new))
+        self._hook_trainable(join_window)
+
+    @torch.no_grad()
+    def _hook_trainable(self, join_window=True):
+        """A hook, and for low-precision params a buffer, for each param that requires
+        grad and has none yet: one just added to the optimizer, or one frozen
+        (requires_grad=False) until now. The buffers are laid out again over all
+        hooked params in the optimizer's order, as a new accumulator lays them out (so
+        its state_dict fits either), the window in progress copied over. With
+        `join_window`, a gradient such a param already holds (from a backward before
+        it was hooked) counts toward the window."""
+        ready = [p for p in self._unhooked if p.requires_grad]
+        if not ready:
+            return
+        for p in ready:
+            del self._unhooked[p]
+        if any(p.dtype in _LOW_PRECISION for p in ready):
+            flats, buffers = _allocate_buffers(
+                [p for p in self._params if p not in self._unhooked])
             for p, old in self._buffers.items():
                 buffers[p].copy_(old)
             self._flats, self._buffers = flats, buffers
-        self._hooks += [p.register_post_accumulate_grad_hook(self._on_grad)
-                        for p in new if p.requires_grad]
-        for p in new:
-            if join_window and p.grad is not None and p.requires_grad:
+        self._hooks += [p.register_post_accumulate_grad_hook(self._on_grad) for p in ready]
+        for p in ready:
+            if join_window and p.grad is not None:
                 self._on_grad(p)
 
     # ---------------------------------------------------------------- hooks, checks
@@ -521,17 +536,18 @@ def _updated_scaler_state(state, found_inf):
 
 
 def _allocate_buffers(params):
-    """One contiguous fp32 allocation per device for the low-precision params, and
-    per-param views into it. Returns ({device: flat}, {param: view})."""
+    """One contiguous fp32 allocation per device for the low-precision ones of
+    `params` (the hooked ones), and per-param views into it. Returns
+    ({device: flat}, {param: view})."""
     sizes = {}
     for p in params:
-        if p.dtype in _LOW_PRECISION and p.requires_grad:
+        if p.dtype in _LOW_PRECISION:
             sizes[p.device] = sizes.get(p.device, 0) + p.numel()
     flats = {d: torch.zeros(n, dtype=torch.float32, device=d) for d, n in sizes.items()}
     offsets = dict.fromkeys(flats, 0)
     views = {}
     for p in params:
-        if p.dtype in _LOW_PRECISION and p.requires_grad:
+        if p.dtype in _LOW_PRECISION:
             start = offsets[p.device]
             views[p] = flats[p.device][start:start + p.numel()].view(p.shape)
             offsets[p.device] = start + p.numel()

@@ -117,6 +117,30 @@ def test_param_group_added_later_equals_a_new_accumulator(dtype):
     assert added_state["grads"].keys() == remade_state["grads"].keys()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_param_unfrozen_later_is_stepped_as_by_a_new_accumulator(dtype):
+    """A param in the optimizer from the start but frozen (requires_grad=False) when
+    the accumulator was made gets its hook (and buffer) once it is unfrozen: the same
+    bits as making the accumulator again after unfreezing."""
+    runs = []
+    for remake in (False, True):
+        model, _, head = two_part_model(dtype)
+        opt = FusedAdamW(model.parameters(), lr=LR)
+        acc = GradAccumulator(opt, steps=2, max_grad_norm=MAX_NORM)
+        for w, window in enumerate(make_windows([3, 5], windows=4, dtype=dtype)):
+            if w == 2:
+                head.requires_grad_(True)
+                if remake:
+                    acc.remove()
+                    acc = GradAccumulator(opt, steps=2, max_grad_norm=MAX_NORM)
+            assert feed(model, acc, window, weighted=False) is True
+        runs.append([p.detach().clone() for p in model.parameters()])
+    unfrozen, remade = runs
+    assert not torch.equal(unfrozen[-1], two_part_model(dtype)[0][2].bias)  # head stepped
+    for p, q in zip(unfrozen, remade):
+        assert torch.equal(p, q)
+
+
 def test_low_precision_grad_of_a_param_added_mid_window_joins_its_buffer():
     a = torch.nn.Parameter(torch.randn(5, dtype=torch.bfloat16))
     b = torch.nn.Parameter(torch.randn(3, dtype=torch.bfloat16))
