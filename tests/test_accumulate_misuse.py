@@ -86,59 +86,46 @@ def test_param_group_added_later_matches_torch(mid_window):
         torch.testing.assert_close(p, q)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_param_group_added_later_equals_a_new_accumulator(dtype):
-    """Adding a group between windows gives the same bits as making the accumulator
-    again with every group; bf16 params then get buffers in the same layout, so the
-    accumulator's state_dict is interchangeable too."""
-    runs = []
-    for remake in (False, True):
-        model, body, head = two_part_model(dtype)
-        opt = FusedAdamW(body.parameters(), lr=LR)
-        acc = GradAccumulator(opt, steps=2, max_grad_norm=MAX_NORM)
-        for w, window in enumerate(make_windows([3, 5], windows=4, dtype=dtype)):
-            if w == 2:
-                head.requires_grad_(True)
+def unfreeze_head_after_two_windows(dtype, remake, add_group):
+    """Four windows of 2 micro-batches; the head is unfrozen before the third, and
+    with `add_group` only then added to the optimizer. With `remake`, the accumulator
+    is made again at that point. Returns the final params and the accumulator's
+    state_dict in the middle of the last window."""
+    model, body, head = two_part_model(dtype)
+    opt = FusedAdamW((body if add_group else model).parameters(), lr=LR)
+    acc = GradAccumulator(opt, steps=2, max_grad_norm=MAX_NORM)
+    for w, window in enumerate(make_windows([3, 5], windows=4, dtype=dtype)):
+        if w == 2:
+            head.requires_grad_(True)
+            if add_group:
                 opt.add_param_group({"params": list(head.parameters())})
-                if remake:
-                    acc.remove()
-                    acc = GradAccumulator(opt, steps=2, max_grad_norm=MAX_NORM)
-            assert feed(model, acc, window[:1], weighted=False) is False
-            if w == 3:
-                saved = acc.state_dict()
-            assert feed(model, acc, window[1:], weighted=False) is True
-        runs.append(([p.detach().clone() for p in model.parameters()], saved))
-    (added, added_state), (remade, remade_state) = runs
-    for p, q in zip(added, remade):
-        assert torch.equal(p, q)
-    assert len(added_state["buffers"]) == len(remade_state["buffers"])
-    for b, c in zip(added_state["buffers"], remade_state["buffers"]):
-        assert torch.equal(b, c)
-    assert added_state["grads"].keys() == remade_state["grads"].keys()
+            if remake:
+                acc.remove()
+                acc = GradAccumulator(opt, steps=2, max_grad_norm=MAX_NORM)
+        assert feed(model, acc, window[:1], weighted=False) is False
+        if w == 3:
+            saved = acc.state_dict()
+        assert feed(model, acc, window[1:], weighted=False) is True
+    return [p.detach().clone() for p in model.parameters()], saved
 
 
+@pytest.mark.parametrize("add_group", [True, False], ids=["add_param_group", "unfrozen"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_param_unfrozen_later_is_stepped_as_by_a_new_accumulator(dtype):
-    """A param in the optimizer from the start but frozen (requires_grad=False) when
-    the accumulator was made gets its hook (and buffer) once it is unfrozen: the same
-    bits as making the accumulator again after unfreezing."""
-    runs = []
-    for remake in (False, True):
-        model, _, head = two_part_model(dtype)
-        opt = FusedAdamW(model.parameters(), lr=LR)
-        acc = GradAccumulator(opt, steps=2, max_grad_norm=MAX_NORM)
-        for w, window in enumerate(make_windows([3, 5], windows=4, dtype=dtype)):
-            if w == 2:
-                head.requires_grad_(True)
-                if remake:
-                    acc.remove()
-                    acc = GradAccumulator(opt, steps=2, max_grad_norm=MAX_NORM)
-            assert feed(model, acc, window, weighted=False) is True
-        runs.append([p.detach().clone() for p in model.parameters()])
-    unfrozen, remade = runs
-    assert not torch.equal(unfrozen[-1], two_part_model(dtype)[0][2].bias)  # head stepped
-    for p, q in zip(unfrozen, remade):
+def test_params_joining_later_equal_a_new_accumulator(dtype, add_group):
+    """A param group added between windows, or a param of the optimizer that was
+    frozen when the accumulator was made and is unfrozen, is stepped with the same
+    bits as by an accumulator made again at that point; bf16 params get buffers in the
+    same layout, so the accumulator's state_dict is interchangeable too."""
+    joined, joined_state = unfreeze_head_after_two_windows(dtype, False, add_group)
+    remade, remade_state = unfreeze_head_after_two_windows(dtype, True, add_group)
+    assert not torch.equal(joined[-1], two_part_model(dtype)[0][2].bias)  # head stepped
+    for p, q in zip(joined, remade):
         assert torch.equal(p, q)
+    assert len(joined_state["buffers"]) == len(remade_state["buffers"])
+    for b, c in zip(joined_state["buffers"], remade_state["buffers"]):
+        assert torch.equal(b, c)
+    assert joined_state["grads"].keys() == remade_state["grads"].keys()
+    assert joined_state["touched"] == remade_state["touched"]
 
 
 def test_low_precision_grad_of_a_param_added_mid_window_joins_its_buffer():
