@@ -302,7 +302,7 @@ class GradAccumulator:
     # ------------------------------------------------------------ params followed
     def _ready(self, call):
         """Called first by every public method: refuses a removed accumulator, and
-        follows params added to the optimizer since the last call."""
+        follows params added to the optimizer or unfrozen since the last call."""
         if self._removed:
             raise RuntimeError(
                 f"GradAccumulator.{call}() after remove(): the accumulator no longer "
@@ -312,7 +312,8 @@ class GradAccumulator:
 
     def _follow_optimizer(self):
         """Takes in params appended to the optimizer since the last call
-        (add_param_group); refuses any other change to its params."""
+        (add_param_group) and params unfrozen since; refuses any other change to the
+        optimizer's params."""
         params = _params_of(self.optimizer)
         if len(params) == len(self._params) and all(map(operator.is_, params, self._params)):
             if self._unhooked:
@@ -427,7 +428,6 @@ class GradAccumulator:
         self._touched = set(state["touched"])
         self.grad_norm = state["grad_norm"]
 
-
     def _check_loadable(self, state):
         """Raises ValueError naming the first entry of `state` that does not fit."""
         missing = [k for k in _STATE_KEYS if k not in state]
@@ -511,7 +511,7 @@ def _param_name(param_groups, index):
 
 def _check_each_param_once(param_groups):
     """Refuses a param listed twice. torch.optim only warns about one listed twice in
-    a group (and steps it twice); here its hook would fold each gradient in twice."""
+    a group; here its two hooks would fold each gradient in twice."""
     first = {}
     for g, group in enumerate(param_groups):
         for i, p in enumerate(group["params"]):
