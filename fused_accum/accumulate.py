@@ -45,6 +45,7 @@ in progress holds gradients scaled by the scaler's current scale).
 
 import contextlib
 import math
+import operator
 
 import torch
 import torch.distributed as dist
@@ -65,6 +66,11 @@ class GradAccumulator:
     the optimizer's params should be None or zero when the accumulator is created.
     ``scaler``: a ``torch.amp.GradScaler`` for fp16 training (see the module docstring),
     or None.
+
+    Each param must be listed once. Params appended later with
+    ``optimizer.add_param_group``, and params of the optimizer that were frozen
+    (``requires_grad=False``) and are unfrozen, join at the accumulator's next call,
+    also in the middle of a window: a gradient they already hold counts toward it.
     """
 
     def __init__(self, optimizer, steps, max_grad_norm=None, scaler=None):
@@ -95,18 +101,20 @@ class GradAccumulator:
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.grad_norm = None
         self._scaler = scaler if scaler is not None and scaler.is_enabled() else None
-        self._params = [p for g in optimizer.param_groups for p in g["params"]]
-        self._index = {p: i for i, p in enumerate(self._params)}
-        self._flats, self._buffers = _allocate_buffers(self._params)
-        self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad)
-                       for p in self._params if p.requires_grad]
+        _check_each_param_once(optimizer.param_groups)
+        self._params, self._index = [], {}
+        self._flats, self._buffers, self._hooks = {}, {}, []
+        self._unhooked = {}  # params that did not require grad yet (a dict: ordered)
+        self._removed = False
         self._reset_window()
+        self._take_params(_params_of(optimizer), join_window=False)
         optimizer._accumulator = self
 
     # ----------------------------------------------------------------- micro-batches
     @contextlib.contextmanager
     def accumulate(self, model):
         """One micro-batch of `model`; for DDP, decides whether DDP all-reduces it."""
+        self._ready("accumulate")
         self._check_model(model)
         if not isinstance(model, DistributedDataParallel):
             yield self
@@ -124,6 +132,7 @@ class GradAccumulator:
         """loss.backward(), unscaled: the mean loss of a micro-batch, or with
         `weight` a summed loss and what it sums over (e.g. its token count). With a
         scaler, scaler.scale(loss).backward()."""
+        self._ready("backward")
         if self.micro_step >= self.steps:
             raise RuntimeError(
                 f"the window of {self.steps} micro-batches is full: call step() "
@@ -150,6 +159,7 @@ class GradAccumulator:
     def step(self):
         """Steps when the window is complete; True when the optimizer stepped. False
         while the window is filling, and for a discarded (non-finite) window."""
+        self._ready("step")
         if self.micro_step == 0:
             raise RuntimeError("step() called before any backward(): the window is empty")
         if self.micro_step < self.steps:
@@ -159,16 +169,23 @@ class GradAccumulator:
     def flush(self):
         """Steps on a partial window (end of data), normalised by the micro-batches
         or weight it holds; False when it is empty or its norm is not finite."""
+        self._ready("flush")
         if self.micro_step == 0:
             return False
         return self._finish_window()
 
     def remove(self):
-        """Removes the gradient hooks and hands the optimizer back to plain use;
-        the accumulator must not be used afterwards."""
+        """Removes the gradient hooks, frees the buffers and hands the optimizer back
+        to plain use (or to a new GradAccumulator). A window in progress is dropped:
+        call flush() first to step on it. fp32/fp64 params keep their window sums in
+        ``p.grad``. Every later call of this accumulator raises; remove() itself may
+        be called again."""
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        self._flats, self._buffers = {}, {}
+        self._reset_window()
+        self._removed = True
         if self.optimizer._accumulator is self:
             self.optimizer._accumulator = None
 
@@ -224,6 +241,9 @@ class GradAccumulator:
         by_device = {}
         for g in grads:
             if g is not None:
+                # |z|^2 = re^2 + im^2: a complex grad's squares are its real view's, as
+                # clip_grad_norm_'s vector_norm of a complex tensor is.
+                g = torch.view_as_real(g) if g.is_complex() else g
                 by_device.setdefault(g.device, []).append(g)
         devices = list(by_device) or [self._params[0].device]
         sumsq = torch.zeros((), dtype=torch.float32, device=devices[0])
@@ -279,6 +299,77 @@ class GradAccumulator:
         self._in_synced_context = False
         self._window_synced = False
 
+    # ------------------------------------------------------------ params followed
+    def _ready(self, call):
+        """Called first by every public method: refuses a removed accumulator, and
+        follows params added to the optimizer or unfrozen since the last call."""
+        if self._removed:
+            raise RuntimeError(
+                f"GradAccumulator.{call}() after remove(): the accumulator no longer "
+                "follows its optimizer's gradients; make a new GradAccumulator"
+            )
+        self._follow_optimizer()
+
+    def _follow_optimizer(self):
+        """Takes in params appended to the optimizer since the last call
+        (add_param_group) and params unfrozen since; refuses any other change to the
+        optimizer's params."""
+        params = _params_of(self.optimizer)
+        if len(params) == len(self._params) and all(map(operator.is_, params, self._params)):
+            if self._unhooked:
+                self._hook_trainable()
+            return
+        for i, (p, q) in enumerate(zip(params, self._params)):
+            if p is not q:
+                raise RuntimeError(
+                    "the optimizer's params changed since the GradAccumulator was made: "
+                    f"{_param_name(self.optimizer.param_groups, i)} is not the param it "
+                    "holds there. Only params appended with optimizer.add_param_group are "
+                    "followed; to change others, call remove() and make a new "
+                    "GradAccumulator"
+                )
+        if len(params) < len(self._params):
+            raise RuntimeError(
+                "the optimizer's params changed since the GradAccumulator was made: it "
+                f"holds {len(params)} params, the accumulator {len(self._params)}. Only "
+                "params appended with optimizer.add_param_group are followed; to change "
+                "others, call remove() and make a new GradAccumulator"
+            )
+        _check_each_param_once(self.optimizer.param_groups)
+        self._take_params(params[len(self._params):])
+
+    def _take_params(self, new, join_window=True):
+        """Appends `new` to the accumulator's params and hooks the trainable ones."""
+        self._params = self._params + new
+        self._index.update((p, i) for i, p in enumerate(self._params))
+        self._unhooked.update(dict.fromkeys(new))
+        self._hook_trainable(join_window)
+
+    @torch.no_grad()
+    def _hook_trainable(self, join_window=True):
+        """A hook, and for low-precision params a buffer, for each param that requires
+        grad and has none yet: one just added to the optimizer, or one frozen
+        (requires_grad=False) until now. The buffers are laid out again over all
+        hooked params in the optimizer's order, as a new accumulator lays them out (so
+        its state_dict fits either), the window in progress copied over. With
+        `join_window`, a gradient such a param already holds (from a backward before
+        it was hooked) counts toward the window."""
+        ready = [p for p in self._unhooked if p.requires_grad]
+        if not ready:
+            return
+        for p in ready:
+            del self._unhooked[p]
+        if any(p.dtype in _LOW_PRECISION for p in ready):
+            flats, buffers = _allocate_buffers(
+                [p for p in self._params if p not in self._unhooked])
+            for p, old in self._buffers.items():
+                buffers[p].copy_(old)
+            self._flats, self._buffers = flats, buffers
+        self._hooks += [p.register_post_accumulate_grad_hook(self._on_grad) for p in ready]
+        for p in ready:
+            if join_window and p.grad is not None:
+                self._on_grad(p)
+
     # ---------------------------------------------------------------- hooks, checks
     @torch.no_grad()
     def _on_grad(self, p):
@@ -303,6 +394,7 @@ class GradAccumulator:
     # ------------------------------------------------------------------ state dict
     def state_dict(self):
         """The window in progress, buffers and fp32 grads included (cloned)."""
+        self._ready("state_dict")
         fp_grads = {i: p.grad.detach().clone() for i, p in enumerate(self._params)
                     if p not in self._buffers and p.grad is not None and i in self._touched}
         return {
@@ -320,27 +412,116 @@ class GradAccumulator:
 
     @torch.no_grad()
     def load_state_dict(self, state):
-        if state["steps"] != self.steps:
-            raise ValueError(f"state_dict is for steps={state['steps']}, this "
-                             f"accumulator has steps={self.steps}")
-        scaled = state.get("scaled", False)
-        if state["micro_step"] and scaled != (self._scaler is not None):
-            raise ValueError(
-                f"state_dict holds a window of {'scaled' if scaled else 'unscaled'} "
-                f"gradients, and this accumulator has {'no' if scaled else 'a'} GradScaler")
-        if len(state["buffers"]) != len(self._flats):
-            raise ValueError("state_dict buffers do not match this optimizer's params")
+        """Restores a window saved by state_dict(). Every entry is checked against
+        this accumulator (its steps, params and buffers) before anything is loaded."""
+        self._ready("load_state_dict")
+        self._check_loadable(state)
         for flat, saved in zip(self._flats.values(), state["buffers"]):
             flat.copy_(saved)
         for i, g in state["grads"].items():
             p = self._params[i]
-            p.grad = g.to(device=p.device, dtype=p.dtype).clone()
+            p.grad = g.to(device=p.device).clone()
         self.max_grad_norm = state["max_grad_norm"]
         self.micro_step = state["micro_step"]
         self._mode = state["mode"]
         self._weight_total = state["weight_total"]
         self._touched = set(state["touched"])
         self.grad_norm = state["grad_norm"]
+
+    def _check_loadable(self, state):
+        """Raises ValueError naming the first entry of `state` that does not fit."""
+        missing = [k for k in _STATE_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"state_dict is missing {missing[0]!r}: expected the keys "
+                             f"{', '.join(_STATE_KEYS)} of GradAccumulator.state_dict()")
+        unexpected = [k for k in state if k not in _STATE_KEYS + _OPTIONAL_STATE_KEYS]
+        if unexpected:
+            raise ValueError(f"state_dict has unexpected key {unexpected[0]!r}: expected "
+                             f"those of GradAccumulator.state_dict()")
+        if state["steps"] != self.steps:
+            raise ValueError(f"state_dict is for steps={state['steps']}, this "
+                             f"accumulator has steps={self.steps}")
+        micro_step = state["micro_step"]
+        if isinstance(micro_step, bool) or not isinstance(micro_step, int) or not (
+                0 <= micro_step <= self.steps):
+            raise ValueError(f"state_dict['micro_step'] is {micro_step!r}, expected an "
+                             f"integer from 0 to {self.steps}")
+        if state["mode"] not in (None, _MEAN, _WEIGHTED):
+            raise ValueError(f"state_dict['mode'] is {state['mode']!r}, expected None, "
+                             f"{_MEAN!r} or {_WEIGHTED!r}")
+        scaled = state.get("scaled", False)
+        if micro_step and scaled != (self._scaler is not None):
+            raise ValueError(
+                f"state_dict holds a window of {'scaled' if scaled else 'unscaled'} "
+                f"gradients, and this accumulator has {'no' if scaled else 'a'} GradScaler")
+        n = len(self._params)
+        for i in state["touched"]:
+            if not 0 <= i < n:
+                raise ValueError(f"state_dict['touched'] has index {i}, expected indices "
+                                 f"of the {n} params")
+        buffers = state["buffers"]
+        if len(buffers) != len(self._flats):
+            raise ValueError(
+                f"state_dict['buffers'] holds {len(buffers)} buffers, expected "
+                f"{len(self._flats)}: one per device holding bfloat16/float16 params")
+        for i, (flat, saved) in enumerate(zip(self._flats.values(), buffers)):
+            _check_saved_tensor(f"state_dict['buffers'][{i}]", saved, flat)
+        for i, g in state["grads"].items():
+            if not 0 <= i < n:
+                raise ValueError(f"state_dict['grads'] has index {i}, expected indices of "
+                                 f"the {n} params")
+            p = self._params[i]
+            if p in self._buffers:
+                raise ValueError(f"state_dict['grads'][{i}] is for param {i}, whose window "
+                                 "sum is kept in state_dict['buffers']")
+            _check_saved_tensor(f"state_dict['grads'][{i}]", g, p)
+
+
+# The keys of GradAccumulator.state_dict(); "scaled" is absent from checkpoints
+# written before float16 training with a GradScaler existed.
+_STATE_KEYS = ("steps", "max_grad_norm", "micro_step", "mode", "weight_total", "touched",
+               "buffers", "grads", "grad_norm")
+_OPTIONAL_STATE_KEYS = ("scaled",)
+
+
+def _check_saved_tensor(name, saved, own):
+    """A saved tensor must have the shape and dtype of the one it is loaded into (it
+    may come from another device)."""
+    if not isinstance(saved, torch.Tensor):
+        raise ValueError(f"{name} is a {type(saved).__name__}, expected a tensor of "
+                         f"shape {tuple(own.shape)} and dtype {own.dtype}")
+    if saved.shape != own.shape or saved.dtype != own.dtype:
+        raise ValueError(
+            f"{name} has shape {tuple(saved.shape)} and dtype {saved.dtype}, expected "
+            f"shape {tuple(own.shape)} and dtype {own.dtype}")
+
+
+def _params_of(optimizer):
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def _param_name(param_groups, index):
+    """Where the `index`-th param of the optimizer (group after group) sits."""
+    for g, group in enumerate(param_groups):
+        if index < len(group["params"]):
+            return f"param_groups[{g}]['params'][{index}]"
+        index -= len(group["params"])
+    raise IndexError(index)
+
+
+def _check_each_param_once(param_groups):
+    """Refuses a param listed twice. torch.optim only warns about one listed twice in
+    a group; here its two hooks would fold each gradient in twice."""
+    first = {}
+    for g, group in enumerate(param_groups):
+        for i, p in enumerate(group["params"]):
+            seen = first.setdefault(id(p), (g, i))
+            if seen != (g, i):
+                raise ValueError(
+                    f"param_groups[{g}]['params'][{i}] is the same tensor as "
+                    f"param_groups[{seen[0]}]['params'][{seen[1]}]: a GradAccumulator "
+                    "needs each param listed once"
+                )
 
 
 def _updated_scaler_state(state, found_inf):
@@ -355,17 +536,18 @@ def _updated_scaler_state(state, found_inf):
 
 
 def _allocate_buffers(params):
-    """One contiguous fp32 allocation per device for the low-precision params, and
-    per-param views into it. Returns ({device: flat}, {param: view})."""
+    """One contiguous fp32 allocation per device for the low-precision ones of
+    `params` (the hooked ones), and per-param views into it. Returns
+    ({device: flat}, {param: view})."""
     sizes = {}
     for p in params:
-        if p.dtype in _LOW_PRECISION and p.requires_grad:
+        if p.dtype in _LOW_PRECISION:
             sizes[p.device] = sizes.get(p.device, 0) + p.numel()
     flats = {d: torch.zeros(n, dtype=torch.float32, device=d) for d, n in sizes.items()}
     offsets = dict.fromkeys(flats, 0)
     views = {}
     for p in params:
-        if p.dtype in _LOW_PRECISION and p.requires_grad:
+        if p.dtype in _LOW_PRECISION:
             start = offsets[p.device]
             views[p] = flats[p.device][start:start + p.numel()].view(p.shape)
             offsets[p.device] = start + p.numel()
