@@ -114,6 +114,21 @@ def test_float64_sums_to_the_same_bits_at_any_thread_count(seed):
     assert_same_bits_and_close_to_float64(tensors, FLOAT64_RTOL)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_cuda_sum_does_not_depend_on_where_the_values_sit(dtype):
+    # Three chunks and a partial group of elements, once in a tensor of their own and
+    # once in a view one element into a buffer, where vector loads do not fit. A
+    # float64 zero makes the result float64, so it shows every bit of the double sums.
+    gen = torch.Generator().manual_seed(0)
+    values = heavy_tailed(gen, 3 * 65536 + 5, dtype).cuda()
+    buffer = torch.zeros(values.numel() + 1, dtype=dtype, device="cuda")
+    at_odd_offset = buffer[1:]
+    at_odd_offset.copy_(values)
+    zero = torch.zeros(1, dtype=torch.float64, device="cuda")
+    assert bits(ops.sum_of_squares([values, zero])) == \
+        bits(ops.sum_of_squares([at_odd_offset, zero]))
+
 # ------------------------------------------------------------------ training runs
 WINDOWS, STEPS, LR = 30, 2, 1e-3
 # Below every window's norm: each window is clipped, so the norm's bits reach every
