@@ -43,28 +43,40 @@ __device__ __forceinline__ double block_sum(double x) {
   return total;
 }
 
-// Runs an element op that gathers a `sum` member over the chunk, then stores
-// the block's total at partials[global_block].
-template <typename Op, typename... Ts>
-struct SummingChunk {
-  Op op;
+// The sum of squares of one chunk, stored at partials[global_block]. Element i of
+// the chunk is added by thread (i / kILP) % blockDim.x, in the order of i, whether
+// the chunk is read in vectors or element by element: the bits do not depend on
+// where the data sits (a tensor and the same values in a view at an odd offset
+// give the same sum), nor on where a tensor's last, partial group falls.
+template <typename X>
+struct SumOfSquaresChunk {
   double* partials;
   template <int DEPTH>
   __device__ __forceinline__ void operator()(const ChunkMeta<DEPTH>& meta, int slot,
                                              int64_t begin, int64_t count,
                                              int64_t global_block) const {
-    const double total = run(meta, slot, begin, count, std::index_sequence_for<Ts...>{});
+    const X* x = static_cast<const X*>(meta.addresses[0][slot]) + begin;
+    const int64_t groups = count / kILP;  // full groups of kILP elements
+    double sum = 0.0;
+    if (Lane<const X>::aligned(x)) {
+      for (int64_t g = threadIdx.x; g < groups; g += blockDim.x) {
+        Lane<const X> lane{x};
+        lane.load_vec(g);
+#pragma unroll
+        for (int k = 0; k < kILP; ++k) sum += stored_square(lane.v[k]);
+      }
+    } else {
+      for (int64_t g = threadIdx.x; g < groups; g += blockDim.x) {
+#pragma unroll
+        for (int k = 0; k < kILP; ++k) sum += stored_square(x[g * kILP + k]);
+      }
+    }
+    // The partial group comes last, from the thread whose turn it would be.
+    if (threadIdx.x == groups % blockDim.x) {
+      for (int64_t i = groups * kILP; i < count; ++i) sum += stored_square(x[i]);
+    }
+    const double total = block_sum(sum);
     if (threadIdx.x == 0) partials[global_block] = total;
-  }
-
- private:
-  template <int DEPTH, size_t... I>
-  __device__ __forceinline__ double run(const ChunkMeta<DEPTH>& meta, int slot,
-                                        int64_t begin, int64_t count,
-                                        std::index_sequence<I...>) const {
-    Op local = op;
-    for_each_element(count, local, static_cast<Ts*>(meta.addresses[I][slot]) + begin...);
-    return block_sum(local.sum);
   }
 };
 
@@ -95,14 +107,6 @@ struct AccumulateOp {
   float scale;
   __device__ __forceinline__ void operator()(B& buffer, const G& grad) const {
     accumulate_element(buffer, grad, scale);
-  }
-};
-
-template <typename X>
-struct SquareOp {
-  double sum;
-  __device__ __forceinline__ void operator()(const X& x) {
-    sum += stored_square(x);
   }
 };
 
@@ -177,9 +181,9 @@ at::Tensor sum_of_squares_cuda(at::TensorList tensors) {
     if (group_numels.empty()) continue;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype,
                                     "fused_accum_sum_of_squares_cuda", [&] {
-      using Chunk = SummingChunk<SquareOp<scalar_t>, const scalar_t>;
       first_partial += apply_chunked<1>(
-          addresses, group_numels, Chunk{{0.0}, partials.data_ptr<double>() + first_partial});
+          addresses, group_numels,
+          SumOfSquaresChunk<scalar_t>{partials.data_ptr<double>() + first_partial});
     });
   }
   at::Tensor result = at::empty({}, at::TensorOptions().dtype(result_dtype).device(device));
