@@ -359,7 +359,19 @@ class GradAccumulator:
 
     # ------------------------------------------------------------------ state dict
     def state_dict(self):
-        """The window in progress, buffers and fp32 grads included (cloned)."""
+        """The window in progress, buffers and fp32 grads included (cloned).
+
+        With DTensor params (FSDP2) only at a window boundary: FSDP2 holds a filling
+        window's gradients unreduced, out of reach of any state_dict. The entries are
+        tensors, numbers and lists, so torch.distributed.checkpoint saves them; the
+        last window's norm is a number (None before the first window), so that a new
+        accumulator's state_dict, as dcp.load's template, has the same entries."""
+        if self.micro_step and any(isinstance(p, DTensor) for p in self._params):
+            raise RuntimeError(
+                f"state_dict() in the middle of a window ({self.micro_step} of "
+                f"{self.steps} micro-batches) of DTensor (FSDP2) params: FSDP2 holds the "
+                "window's gradients, which no state_dict can save; save after step()"
+            )
         fp_grads = {i: p.grad.detach().clone() for i, p in enumerate(self._params)
                     if p not in self._buffers and p.grad is not None and i in self._touched}
         return {
@@ -371,7 +383,7 @@ class GradAccumulator:
             "touched": sorted(self._touched),
             "buffers": [flat.clone() for flat in self._flats.values()],
             "grads": fp_grads,
-            "grad_norm": self.grad_norm,
+            "grad_norm": None if self.grad_norm is None else self.grad_norm.item(),
             "scaled": self._scaler is not None,
         }
 
@@ -397,7 +409,8 @@ class GradAccumulator:
         self._mode = state["mode"]
         self._weight_total = state["weight_total"]
         self._touched = set(state["touched"])
-        self.grad_norm = state["grad_norm"]
+        grad_norm = state["grad_norm"]
+        self.grad_norm = None if grad_norm is None else torch.as_tensor(grad_norm)
 
 
 def _updated_scaler_state(state, found_inf):
