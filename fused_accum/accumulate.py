@@ -22,6 +22,17 @@ DDP is kept out of every micro-batch and the accumulator all-reduces its buffers
 itself, once per window (one call per flat buffer). Every rank must feed the same
 number of micro-batches per window and call flush() together, as DDP itself requires.
 
+FSDP2 (``fully_shard``): params and grads are DTensors and each rank holds shards.
+FSDP2's gradient sync is off for all but the window's last micro-batch, so it
+reduce-scatters (and averages) the window sum once; with
+``reduce_scatter_every_micro_batch=True`` it reduce-scatters every micro-batch and adds
+the sharded grads up (float32 params in ``p.grad``; bf16/fp16 ones, whose sharded grads
+FSDP2 hands to the post-accumulate-grad hooks, into the buffers, sized as the local
+shards). The window norm sums each rank's local sum of squares, a shard replicated on k
+ranks weighted 1/k, in one all-reduce over the params' mesh. A partial window's last
+micro-batch must run under ``accumulate(model, last=True)``: FSDP2 holds unsynced grads
+where no public API reaches them.
+
 The window end goes through the optimizer's public step(): the accumulator hands it
 the window (buffers and multiplier), so step hooks, profilers and LR schedulers see
 one ordinary step per window. A step() of the optimizer's own in the middle of a

@@ -91,6 +91,8 @@ def save_worker(rank, port, path, out):
             acc.backward(F.mse_loss(model(x), y))
         with pytest.raises(RuntimeError, match="middle of a window"):
             acc.state_dict()
+        with pytest.raises(RuntimeError, match="without FSDP2 gradient sync"):
+            acc.flush()  # a partial window whose last micro-batch was not marked last=True
         if rank == 0:
             torch.save((params, norm), out)
     finally:
