@@ -135,6 +135,9 @@ class GradAccumulator:
         ends_window = last or self.micro_step == self.steps - 1
         if isinstance(model, FSDPModule):
             self._fsdp_mesh = _mesh_of(self._params)
+            if self._fsdp_mesh is None:
+                raise ValueError("an FSDP2 model's parameters must be DTensors; the "
+                                 "optimizer holds none")
             synced = self.reduce_scatter_every_micro_batch or ends_window
             model.set_requires_gradient_sync(synced)
             self._in_synced_context = synced
@@ -301,7 +304,7 @@ class GradAccumulator:
         each rank sums its own, weighing a shard held by k ranks (replicated over k)
         by 1/k, and one all-reduce over the mesh adds the ranks' sums. A plain
         param beside DTensor ones is replicated on every rank of the mesh."""
-        mesh = self._fsdp_mesh
+        mesh = self._fsdp_mesh or _mesh_of(self._params)
         by_key = {}
         for i, (p, g) in enumerate(zip(self._params, grads)):
             if g is None:
@@ -441,14 +444,15 @@ def _local(t):
 
 
 def _mesh_of(params):
-    """The one DeviceMesh of the DTensor params (FSDP2 shards all params on one)."""
+    """The one DeviceMesh of the DTensor params (FSDP2 and tensor parallel place
+    all params on one), or None without DTensor params."""
     meshes = {p.device_mesh for p in params if isinstance(p, DTensor)}
-    if len(meshes) != 1:
+    if len(meshes) > 1:
         raise ValueError(
-            "an FSDP2 model's parameters must be DTensors on one DeviceMesh, got "
-            f"{len(meshes)} meshes"
+            f"the optimizer's DTensor params lie on {len(meshes)} DeviceMeshes; the "
+            "accumulator reduces the window's norm over one"
         )
-    return meshes.pop()
+    return meshes.pop() if meshes else None
 
 
 def _copies(p, index, mesh):

@@ -17,7 +17,7 @@ from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
 
 from fused_accum import FusedAdam, FusedAdamW, GradAccumulator
 from spawn import free_port, spawn
-from test_accumulate import run_reference
+from test_accumulate import feed, run_reference
 from test_accumulate_ddp import LR, MAX_NORM, STEPS, WINDOWS, WORLD, rank_batches
 
 OPT_STEPS = 4
@@ -208,6 +208,25 @@ ACCUMULATION_CASES = {
 }
 
 
+def accumulate_tensor_parallel(rank):
+    """GradAccumulator over a tensor-parallel model (no FSDP2): both ranks feed the
+    same micro-batches, the norm is over the sharded and the replicated params."""
+    mesh = init_device_mesh("cpu", (WORLD,))
+    model = parallelize_module(make_model(), mesh,
+                               {"0": ColwiseParallel(), "2": RowwiseParallel()})
+    acc = GradAccumulator(FusedAdamW(model.parameters(), lr=LR), steps=STEPS,
+                          max_grad_norm=MAX_NORM)
+    norms = []
+    for start in range(0, WINDOWS * STEPS, STEPS):
+        feed(model, acc, tensor_parallel_data()[start:start + STEPS], False)
+        norms.append(acc.grad_norm.item())
+    return full(model.parameters()), norms
+
+
+def tensor_parallel_data():
+    return rank_batches(torch.float32, (4, 4), WINDOWS * STEPS)[0]
+
+
 def worker(rank, port, out):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=WORLD)
@@ -219,6 +238,7 @@ def worker(rank, port, out):
             "compiled": compiled_step_parity(rank),
             "accumulate": {name: accumulate(rank, **case)
                            for name, case in ACCUMULATION_CASES.items()},
+            "accumulate_tensor_parallel": accumulate_tensor_parallel(rank),
         }
         if rank == 0:
             torch.save(results, out)
@@ -286,3 +306,13 @@ def test_fsdp2_and_tensor_parallel(tmp_path):
             torch.testing.assert_close(norms, ref_norms, rtol=2e-2, atol=0, msg=name)
             for p, q in zip(params, ref_params):
                 torch.testing.assert_close(p.float(), q, rtol=8e-3, atol=1e-3, msg=name)
+
+    params, norms = results["accumulate_tensor_parallel"]
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    data = tensor_parallel_data()
+    ref_norms = [run_reference(model, opt, data[start:start + STEPS], MAX_NORM).item()
+                 for start in range(0, WINDOWS * STEPS, STEPS)]
+    torch.testing.assert_close(norms, ref_norms)
+    for p, q in zip(params, model.parameters()):
+        torch.testing.assert_close(p, q)
