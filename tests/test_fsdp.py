@@ -9,6 +9,7 @@ clip_grad_norm_. Rank 0 gathers full tensors; the test compares them.
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
@@ -71,7 +72,8 @@ def rank_data(model, rank, dtype=torch.float32, rows=5, same_on_every_rank=False
 
 def check_state_layout(fused, torch_opt, model_a, model_b):
     """The fused optimizer's state is laid out as torch's: same keys, DTensors with
-    the params' placements, a plain 0-d step."""
+    the params' placements, a plain 0-d step; and so is the state dict that
+    torch.distributed.checkpoint saves."""
     for p, q in zip(model_a.parameters(), model_b.parameters()):
         a, b = fused.state[p], torch_opt.state[q]
         assert a.keys() == b.keys(), (a.keys(), b.keys())
@@ -79,6 +81,15 @@ def check_state_layout(fused, torch_opt, model_a, model_b):
             assert type(a[key]) is type(b[key]), key
             if isinstance(a[key], DTensor):
                 assert a[key].placements == b[key].placements == p.placements, key
+    ours = get_optimizer_state_dict(model_a, fused)
+    theirs = get_optimizer_state_dict(model_b, torch_opt)
+    # torch's was built with fused=True, ours with the default (the step is fused anyway).
+    assert [dict(g, fused=True) for g in ours["param_groups"]] == theirs["param_groups"]
+    assert ours["state"].keys() == theirs["state"].keys()
+    for fqn, state in ours["state"].items():
+        assert {k: (type(v), getattr(v, "placements", None)) for k, v in state.items()} == {
+            k: (type(v), getattr(v, "placements", None))
+            for k, v in theirs["state"][fqn].items()}, fqn
 
 
 # ------------------------------------------------------------------- the optimizer
