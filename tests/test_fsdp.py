@@ -6,13 +6,14 @@ against one process running the whole window as one large batch with
 clip_grad_norm_. Rank 0 gathers full tensors; the test compares them.
 """
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Replicate, distribute_tensor
 from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
                                                parallelize_module)
 
@@ -154,9 +155,21 @@ def tensor_parallel_parity(rank):
             opt.step()
             opt.zero_grad()
     check_state_layout(opt_a, opt_b, model_a, model_b)
-    return (full(model_a.parameters()), full(model_b.parameters()),
-            states(opt_a, model_a, ["exp_avg", "exp_avg_sq"]),
-            states(opt_b, model_b, ["exp_avg", "exp_avg_sq"]))
+    results = (full(model_a.parameters()), full(model_b.parameters()),
+               states(opt_a, model_a, ["exp_avg", "exp_avg_sq"]),
+               states(opt_b, model_b, ["exp_avg", "exp_avg_sq"]))
+
+    # A state tensor placed otherwise than its param: its local shard would not be
+    # the param's elements.
+    first = next(model_a.parameters())
+    state = opt_a.state[first]
+    state["exp_avg"] = distribute_tensor(state["exp_avg"].full_tensor(), mesh, [Replicate()])
+    F.mse_loss(model_a(x), y).backward()
+    with pytest.raises(ValueError, match=r"exp_avg of params\[0\] is a DTensor placed as "
+                                         r"\(Replicate\(\),\).*expected the param's "
+                                         r"placements \(Shard\(dim=0\),\)"):
+        opt_a.step()
+    return results
 
 
 def compiled_step_parity(rank):
