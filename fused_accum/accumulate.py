@@ -22,6 +22,17 @@ DDP is kept out of every micro-batch and the accumulator all-reduces its buffers
 itself, once per window (one call per flat buffer). Every rank must feed the same
 number of micro-batches per window and call flush() together, as DDP itself requires.
 
+FSDP2 (``fully_shard``): params and grads are DTensors and each rank holds shards.
+FSDP2's gradient sync is off for all but the window's last micro-batch, so it
+reduce-scatters (and averages) the window sum once; with
+``reduce_scatter_every_micro_batch=True`` it reduce-scatters every micro-batch and adds
+the sharded grads up (float32 params in ``p.grad``; bf16/fp16 ones, whose sharded grads
+FSDP2 hands to the post-accumulate-grad hooks, into the buffers, sized as the local
+shards). The window norm sums each rank's local sum of squares, a shard replicated on k
+ranks weighted 1/k, in one all-reduce over the params' mesh. A partial window's last
+micro-batch must run under ``accumulate(model, last=True)``: FSDP2 holds unsynced grads
+where no public API reaches them.
+
 The window end goes through the optimizer's public step(): the accumulator hands it
 the window (buffers and multiplier), so step hooks, profilers and LR schedulers see
 one ordinary step per window. A step() of the optimizer's own in the middle of a
@@ -52,7 +63,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ._ops import ops
-from .optim import _FusedAdamStep, _Window
+from .optim import DTensor, _FusedAdamStep, _Window
+
+if dist.is_available():
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import Partial
+else:  # pragma: no cover - a torch built without distributed support
+    FSDPModule = Partial = ()  # isinstance(x, ()) is always False
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 _MEAN, _WEIGHTED = "mean", "weighted"
@@ -65,7 +82,9 @@ class GradAccumulator:
     is clipped exactly as ``torch.nn.utils.clip_grad_norm_`` would clip it. Grads of
     the optimizer's params should be None or zero when the accumulator is created.
     ``scaler``: a ``torch.amp.GradScaler`` for fp16 training (see the module docstring),
-    or None.
+    or None. ``reduce_scatter_every_micro_batch``: for FSDP2 models (see the module
+    docstring), reduce-scatter every micro-batch's gradient instead of only the
+    window sum, so that no rank holds an unsharded gradient between micro-batches.
 
     Each param must be listed once. Params appended later with
     ``optimizer.add_param_group``, and params of the optimizer that were frozen
@@ -73,7 +92,8 @@ class GradAccumulator:
     also in the middle of a window: a gradient they already hold counts toward it.
     """
 
-    def __init__(self, optimizer, steps, max_grad_norm=None, scaler=None):
+    def __init__(self, optimizer, steps, max_grad_norm=None, scaler=None, *,
+                 reduce_scatter_every_micro_batch=False):
         if not isinstance(optimizer, _FusedAdamStep):
             raise TypeError(
                 "GradAccumulator needs a fused_accum.FusedAdam or FusedAdamW optimizer, "
@@ -101,6 +121,7 @@ class GradAccumulator:
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.grad_norm = None
         self._scaler = scaler if scaler is not None and scaler.is_enabled() else None
+        self.reduce_scatter_every_micro_batch = bool(reduce_scatter_every_micro_batch)
         _check_each_param_once(optimizer.param_groups)
         self._params, self._index = [], {}
         self._flats, self._buffers, self._hooks = {}, {}, []
@@ -112,15 +133,32 @@ class GradAccumulator:
 
     # ----------------------------------------------------------------- micro-batches
     @contextlib.contextmanager
-    def accumulate(self, model):
-        """One micro-batch of `model`; for DDP, decides whether DDP all-reduces it."""
+    def accumulate(self, model, last=False):
+        """One micro-batch of `model`; for DDP and FSDP2, decides whether they reduce
+        its gradient. `last=True` says that this micro-batch ends a partial window
+        (end of data; flush() follows), so that DDP or FSDP2 reduces it as they
+        reduce the last micro-batch of a full window."""
         self._ready("accumulate")
         self._check_model(model)
+        ends_window = last or self.micro_step == self.steps - 1
+        if isinstance(model, FSDPModule):
+            self._fsdp_mesh = _mesh_of(self._params)
+            if self._fsdp_mesh is None:
+                raise ValueError("an FSDP2 model's parameters must be DTensors; the "
+                                 "optimizer holds none")
+            synced = self.reduce_scatter_every_micro_batch or ends_window
+            model.set_requires_gradient_sync(synced)
+            self._in_synced_context = synced
+            try:
+                yield self
+            finally:
+                self._in_synced_context = False
+            return
         if not isinstance(model, DistributedDataParallel):
             yield self
             return
         self._ddp = model
-        ddp_reduces = not self._flats and self.micro_step == self.steps - 1
+        ddp_reduces = not self._flats and ends_window
         with contextlib.nullcontext() if ddp_reduces else model.no_sync():
             self._in_synced_context = ddp_reduces
             try:
@@ -193,9 +231,21 @@ class GradAccumulator:
     @torch.no_grad()
     def _finish_window(self):
         grads = self._window_grads()
-        already_averaged_over = 1  # DDP divides by the world size when it reduces
+        already_averaged_over = 1  # DDP and FSDP2 divide by the world size when they reduce
         world = 1
-        if self._ddp is not None:
+        if self._fsdp_mesh is not None:
+            if not self._window_synced:
+                raise RuntimeError(
+                    "the window's last micro-batch ran without FSDP2 gradient sync, so FSDP2 "
+                    "still holds its gradients unreduced: run the last micro-batch of a "
+                    "partial window under acc.accumulate(model, last=True)"
+                )
+            # FSDP2 averages over the ranks of the params' mesh. With tensor parallel
+            # that mesh holds more ranks than FSDP2 averages over, but the ranks of
+            # one data shard see the same weights, so the weighted normalisation
+            # below (world / global weight) is still right.
+            world = already_averaged_over = self._fsdp_mesh.size()
+        elif self._ddp is not None:
             group = self._ddp.process_group
             world = dist.get_world_size(group)
             if self._window_synced:
@@ -238,17 +288,7 @@ class GradAccumulator:
         norm is, which makes the kernel discard the window). Sets self.grad_norm, the
         norm of the normalised, unscaled gradient. Float64 when any grad is float64,
         as clip_grad_norm_ reduces a float64 model, else float32."""
-        by_device = {}
-        for g in grads:
-            if g is not None:
-                # |z|^2 = re^2 + im^2: a complex grad's squares are its real view's, as
-                # clip_grad_norm_'s vector_norm of a complex tensor is.
-                g = torch.view_as_real(g) if g.is_complex() else g
-                by_device.setdefault(g.device, []).append(g)
-        devices = list(by_device) or [self._params[0].device]
-        sumsq = torch.zeros((), dtype=torch.float32, device=devices[0])
-        for device, tensors in by_device.items():
-            sumsq = sumsq + ops.sum_of_squares(tensors).to(devices[0])
+        sumsq = self._global_sum_of_squares(grads)
         if scaler_state is not None:
             # GradScaler.unscale_'s inv_scale, computed as torch computes it: the
             # reciprocal of the float32 scale in float64, rounded to float32. torch's
@@ -274,19 +314,50 @@ class GradAccumulator:
             coef = torch.clamp(self.max_grad_norm / (total_norm + 1e-6), max=1.0)
         return coef * scale
 
+    def _global_sum_of_squares(self, grads):
+        """The sum of squares of the whole window gradient, every shard counted once.
+
+        Under FSDP2 or tensor parallel each rank holds shards (DTensor local tensors):
+        each rank sums its own, weighing a shard held by k ranks (replicated over k)
+        by 1/k, and one all-reduce over the mesh adds the ranks' sums. A plain
+        param beside DTensor ones is replicated on every rank of the mesh."""
+        mesh = self._fsdp_mesh or _mesh_of(self._params)
+        by_key = {}
+        for i, (p, g) in enumerate(zip(self._params, grads)):
+            if g is None:
+                continue
+            copies = 1 if mesh is None else _copies(p, i, mesh)
+            g = _local(g)
+            # |z|^2 = re^2 + im^2: a complex grad's squares are its real view's, as
+            # clip_grad_norm_'s vector_norm of a complex tensor is.
+            g = torch.view_as_real(g) if g.is_complex() else g
+            by_key.setdefault((g.device, copies), []).append(g)
+        devices = [device for device, _ in by_key] or [self._params[0].device]
+        sumsq = torch.zeros((), dtype=torch.float32, device=devices[0])
+        for (_, copies), tensors in by_key.items():
+            part = ops.sum_of_squares(tensors).to(devices[0])
+            sumsq = sumsq + (part if copies == 1 else part / copies)
+        if mesh is not None:
+            _all_reduce_over_mesh(sumsq, mesh)
+        return sumsq
+
     def _global_weight(self, world):
         if world == 1:
             return self._weight_total
         t = torch.tensor(self._weight_total, dtype=torch.float64, device=self._params[0].device)
-        dist.all_reduce(t, group=self._ddp.process_group)
+        if self._fsdp_mesh is not None:
+            _all_reduce_over_mesh(t, self._fsdp_mesh)
+        else:
+            dist.all_reduce(t, group=self._ddp.process_group)
         return t.item()
 
     def _window_grads(self):
         """Aligned with the optimizer's params, group after group: the tensor holding
         each param's window sum, or None for a param the window does not step (one that
-        received no gradient: torch skips a param whose grad is None). Under DDP every
-        param with a gradient is stepped, as DDP makes grads agree across ranks."""
-        stepped_all = self._ddp is not None
+        received no gradient: torch skips a param whose grad is None). Under DDP and
+        FSDP2 every param with a gradient is stepped, as they make grads agree across
+        ranks (FSDP2 sets sharded grads after the last micro-batch only)."""
+        stepped_all = self._ddp is not None or self._fsdp_mesh is not None
         return [self._buffers.get(p, p.grad) if stepped_all or i in self._touched else None
                 for i, p in enumerate(self._params)]
 
@@ -296,6 +367,7 @@ class GradAccumulator:
         self._weight_total = 0.0
         self._touched = set()
         self._ddp = None
+        self._fsdp_mesh = None  # the params' DeviceMesh while an FSDP2 window fills
         self._in_synced_context = False
         self._window_synced = False
 
@@ -376,7 +448,7 @@ class GradAccumulator:
         self._touched.add(self._index[p])
         buf = self._buffers.get(p)
         if buf is not None:
-            ops.accumulate_([buf], [p.grad], scale=1.0)
+            ops.accumulate_([buf], [_local(p.grad)], scale=1.0)
             p.grad = None  # free the low-precision grad now; the buffer holds the sum
 
     def _check_model(self, model):
@@ -393,8 +465,20 @@ class GradAccumulator:
 
     # ------------------------------------------------------------------ state dict
     def state_dict(self):
-        """The window in progress, buffers and fp32 grads included (cloned)."""
+        """The window in progress, buffers and fp32 grads included (cloned).
+
+        With DTensor params (FSDP2) only at a window boundary: FSDP2 holds a filling
+        window's gradients unreduced, out of reach of any state_dict. The entries are
+        tensors, numbers and lists, so torch.distributed.checkpoint saves them; the
+        last window's norm is a number (None before the first window), so that a new
+        accumulator's state_dict, as dcp.load's template, has the same entries."""
         self._ready("state_dict")
+        if self.micro_step and any(isinstance(p, DTensor) for p in self._params):
+            raise RuntimeError(
+                f"state_dict() in the middle of a window ({self.micro_step} of "
+                f"{self.steps} micro-batches) of DTensor (FSDP2) params: FSDP2 holds the "
+                "window's gradients, which no state_dict can save; save after step()"
+            )
         fp_grads = {i: p.grad.detach().clone() for i, p in enumerate(self._params)
                     if p not in self._buffers and p.grad is not None and i in self._touched}
         return {
@@ -406,7 +490,7 @@ class GradAccumulator:
             "touched": sorted(self._touched),
             "buffers": [flat.clone() for flat in self._flats.values()],
             "grads": fp_grads,
-            "grad_norm": self.grad_norm,
+            "grad_norm": None if self.grad_norm is None else self.grad_norm.item(),
             "scaled": self._scaler is not None,
         }
 
@@ -426,7 +510,8 @@ class GradAccumulator:
         self._mode = state["mode"]
         self._weight_total = state["weight_total"]
         self._touched = set(state["touched"])
-        self.grad_norm = state["grad_norm"]
+        grad_norm = state["grad_norm"]
+        self.grad_norm = None if grad_norm is None else torch.as_tensor(grad_norm)
 
     def _check_loadable(self, state):
         """Raises ValueError naming the first entry of `state` that does not fit."""
@@ -535,20 +620,61 @@ def _updated_scaler_state(state, found_inf):
     return {**state, "scale": scale.item(), "_growth_tracker": int(tracker.item())}
 
 
+def _local(t):
+    """A DTensor's local shard (FSDP2, tensor parallel); any other tensor itself."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _mesh_of(params):
+    """The one DeviceMesh of the DTensor params (FSDP2 and tensor parallel place
+    all params on one), or None without DTensor params."""
+    meshes = {p.device_mesh for p in params if isinstance(p, DTensor)}
+    if len(meshes) > 1:
+        raise ValueError(
+            f"the optimizer's DTensor params lie on {len(meshes)} DeviceMeshes; the "
+            "accumulator reduces the window's norm over one"
+        )
+    return meshes.pop() if meshes else None
+
+
+def _copies(p, index, mesh):
+    """On how many ranks of `mesh` the local shard of params[index] is repeated."""
+    if not isinstance(p, DTensor):
+        return mesh.size()
+    if p.device_mesh != mesh:
+        raise ValueError(f"params[{index}] is a DTensor on {p.device_mesh}, expected "
+                         f"the other params' {mesh}")
+    copies = 1
+    for dim, placement in enumerate(p.placements):
+        if isinstance(placement, Partial):
+            raise ValueError(f"params[{index}] has a Partial placement on mesh dim {dim}; "
+                             "expected Shard or Replicate")
+        if placement.is_replicate():
+            copies *= mesh.size(dim)
+    return copies
+
+
+def _all_reduce_over_mesh(t, mesh):
+    """Sums `t` over every rank of `mesh`: one all-reduce per mesh dimension."""
+    for dim in range(mesh.ndim):
+        dist.all_reduce(t, group=mesh.get_group(dim))
+
+
 def _allocate_buffers(params):
     """One contiguous fp32 allocation per device for the low-precision ones of
-    `params` (the hooked ones), and per-param views into it. Returns
-    ({device: flat}, {param: view})."""
+    `params` (the hooked ones), and per-param views into it, shaped as each param's
+    local shard for a DTensor. Returns ({device: flat}, {param: view})."""
     sizes = {}
     for p in params:
         if p.dtype in _LOW_PRECISION:
-            sizes[p.device] = sizes.get(p.device, 0) + p.numel()
+            sizes[p.device] = sizes.get(p.device, 0) + _local(p).numel()
     flats = {d: torch.zeros(n, dtype=torch.float32, device=d) for d, n in sizes.items()}
     offsets = dict.fromkeys(flats, 0)
     views = {}
     for p in params:
         if p.dtype in _LOW_PRECISION:
+            local = _local(p)
             start = offsets[p.device]
-            views[p] = flats[p.device][start:start + p.numel()].view(p.shape)
-            offsets[p.device] = start + p.numel()
+            views[p] = flats[p.device][start:start + local.numel()].view(local.shape)
+            offsets[p.device] = start + local.numel()
     return flats, views

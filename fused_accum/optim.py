@@ -13,6 +13,11 @@ from torch.optim.adam import adam as torch_adam
 from ._loader import ParamGroupPlan
 from ._ops import ops
 
+if torch.distributed.is_available():
+    from torch.distributed.tensor import DTensor
+else:  # pragma: no cover - a torch built without distributed support
+    DTensor = ()  # isinstance(x, ()) is always False
+
 _STEP_DTYPE = torch.float32  # torch's fused and capturable layout for state["step"]
 _SUPPORTED_DEVICES = ("cuda", "cpu")
 _NARROW = (torch.bfloat16, torch.float16)
@@ -156,17 +161,26 @@ def _check_steppable(p):
 
 
 class _PlanEntry:
-    """A param group's ParamGroupPlan and what it was built from: the group, the
-    state map and that map's change count (None for a map that counts none)."""
+    """A param group's ParamGroupPlan and what it was built from: the group, its
+    params, the state map and that map's change count (None for a map that counts
+    none). `plan` is None for a group holding DTensor params, which is stepped
+    through group_tensors (their local shards are reached in Python only)."""
 
-    __slots__ = ("group", "state_map", "changes", "plan")
+    __slots__ = ("group", "params", "state_map", "changes", "plan")
 
     def __init__(self, group, state_map, changes, plan):
         self.group, self.state_map, self.changes, self.plan = group, state_map, changes, plan
+        self.params = list(group["params"]) if plan is None else None
 
     def is_current(self, group, state_map, changes):
-        return (changes is not None and self.group is group and self.state_map is state_map
-                and self.changes == changes and self.plan.matches(group["params"]))
+        if not (changes is not None and self.group is group and self.state_map is state_map
+                and self.changes == changes):
+            return False
+        if self.plan is not None:
+            return self.plan.matches(group["params"])
+        params = group["params"]
+        return len(params) == len(self.params) and all(
+            p is q for p, q in zip(params, self.params))
 
 
 class _Window:
@@ -236,6 +250,11 @@ class _FusedAdamStep:
         group["params"]; params whose gradient is None are skipped, their state
         untouched, exactly as torch skips them. This is the traceable twin of
         ParamGroupPlan (csrc/param_group_step.cpp), used under torch.compile.
+
+        A DTensor param (FSDP2, tensor parallel) is stepped on its local shard,
+        with the local shards of its grad and state: the update is elementwise, so
+        aligned shards step exactly as the whole tensor would, with no gather. Its
+        state tensors stay DTensors, laid out as torch.optim.Adam lays them out.
         """
         amsgrad = group["amsgrad"]
         write_key, _ = param_write(group)
@@ -243,7 +262,7 @@ class _FusedAdamStep:
         if grads is None:
             grads = [p.grad for p in params]
         grouped = {}
-        for p, grad in zip(params, grads):
+        for i, (p, grad) in enumerate(zip(params, grads)):
             if grad is None:
                 continue
             if grad.is_sparse:
@@ -256,6 +275,14 @@ class _FusedAdamStep:
                 self._init_state(p, group)
             exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
             max_exp_avg_sq = state["max_exp_avg_sq"] if amsgrad else None
+            write_state = state[write_key] if writes else None
+            if isinstance(p, DTensor):
+                sharded = p
+                p, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, write_state = [
+                    _local_shard(sharded, i, t, what) for t, what in (
+                        (sharded, "param"), (grad, "grad"), (exp_avg, "exp_avg"),
+                        (exp_avg_sq, "exp_avg_sq"), (max_exp_avg_sq, "max_exp_avg_sq"),
+                        (write_state, write_key))]
             if p.is_complex():
                 # torch steps complex params as pairs of reals; so do the kernels.
                 p, grad, exp_avg, exp_avg_sq = (torch.view_as_real(t)
@@ -274,7 +301,7 @@ class _FusedAdamStep:
                 lists.max_exp_avg_sqs.append(max_exp_avg_sq)
             lists.steps.append(state["step"])
             if writes:
-                lists.write_states.append(state[write_key])
+                lists.write_states.append(write_state)
         return grouped
 
     def _step_group(self, group, *, grads=None, window=False, grad_factor=None, found_inf=None):
@@ -285,10 +312,15 @@ class _FusedAdamStep:
         buffer * `grad_factor` and zeroed. Eagerly the grouping runs in C++; under
         torch.compile, which traces Python, it runs in group_tensors.
         """
-        if torch.compiler.is_compiling():
-            self._step_group_traced(group, grads, window, grad_factor, found_inf)
-        else:
+        if not torch.compiler.is_compiling():
             self._step_group_eager(group, grads, window, grad_factor, found_inf)
+        elif any(isinstance(p, DTensor) for p in group["params"]):
+            # torch 2.14 fails to compile an in-place step through the local shards
+            # of DTensor inputs (a guard error in AOTAutograd's subclass handling), so
+            # a group of DTensor params leaves the graph and steps eagerly.
+            self._step_group_untraced(group, grads, window, grad_factor, found_inf)
+        else:
+            self._step_group_traced(group, grads, window, grad_factor, found_inf)
 
     def _plan_entry(self, group):
         """The group's _PlanEntry, rebuilt when the group's params or the optimizer's
@@ -301,14 +333,19 @@ class _FusedAdamStep:
         if entry is not None and entry.is_current(group, state, changes):
             return entry
         params = group["params"]
-        states = [state[p] if p in state else None for p in params]
-        plan = ParamGroupPlan(params, states, state,
-                              lambda p, group=group: self._init_state(p, group))
+        plan = None
+        if not any(isinstance(p, DTensor) for p in params):
+            states = [state[p] if p in state else None for p in params]
+            plan = ParamGroupPlan(params, states, state,
+                                  lambda p, group=group: self._init_state(p, group))
         entry = self._plans[id(group)] = _PlanEntry(group, state, changes, plan)
         return entry
 
     def _step_group_eager(self, group, grads, window, grad_factor, found_inf):
         entry = self._plan_entry(group)
+        if entry.plan is None:
+            self._step_group_traced(group, grads, window, grad_factor, found_inf)
+            return
         write_key, write = param_write(group)
         entry.plan.step(grads, window=window, lr=group["lr"], **hyperparams(group),
                         write_key=write_key, param_write=write, grad_factor=grad_factor,
@@ -317,6 +354,8 @@ class _FusedAdamStep:
         # already in the plan.
         if entry.changes is not None:
             entry.changes = self.state.changes
+
+    _step_group_untraced = torch.compiler.disable(_step_group_eager)
 
     def _step_differentiable(self):
         """torch's differentiable Adam, through its functional form, on this
@@ -346,6 +385,8 @@ class _FusedAdamStep:
                 eps=group["eps"], maximize=group["maximize"])
 
     def _step_group_traced(self, group, grads, window, grad_factor, found_inf):
+        """The step through group_tensors: under torch.compile, and eagerly for a
+        group of DTensor params (FSDP2, tensor parallel)."""
         hyper = hyperparams(group)
         _, write = param_write(group)
         for (device, _), lists in self.group_tensors(group, grads).items():
@@ -508,6 +549,23 @@ def _saved_state_dtype(p, group, key):
         return _moment_dtype(p, group) if p.is_floating_point() else None
     return {"master_param": torch.float32, "kahan_compensation": p.dtype,
             "stochastic_rounding_seed": torch.int64}.get(key)
+
+
+def _local_shard(param, index, t, what):
+    """The local shard of `t`, which the step of DTensor params[index] reads with
+    the param's own shard. A DTensor must be laid out as the param is (same mesh,
+    same placements), or its shard would not be the param's elements; a plain
+    tensor (a GradAccumulator buffer, a 0-d seed) is already local."""
+    if not isinstance(t, DTensor):
+        return t
+    if t is not param and (t.device_mesh != param.device_mesh
+                           or t.placements != param.placements):
+        raise ValueError(
+            f"{what} of params[{index}] is a DTensor placed as {t.placements} on "
+            f"{t.device_mesh}, expected the param's placements {param.placements} on "
+            f"{param.device_mesh}"
+        )
+    return t.to_local()
 
 
 def _to(t, device):

@@ -1,7 +1,5 @@
 """GradAccumulator under DDP: two CPU processes (gloo) against one process on all the data."""
 
-import socket
-
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -10,6 +8,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
 from fused_accum import FusedAdamW, GradAccumulator
+from spawn import free_port
 from test_accumulate import feed
 
 WORLD, STEPS, WINDOWS, LR, MAX_NORM = 2, 3, 3, 1e-2, 0.05
@@ -94,12 +93,6 @@ def worker(rank, port, out):
             torch.save(results, out)
     finally:
         dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ddp_accumulation_matches_one_process_with_one_bucket_pass_per_window(tmp_path):
