@@ -3,21 +3,33 @@
 
 #include <c10/util/Exception.h>
 
+#include "memory_overlap.h"
 #include "tensor_list_checks.h"
 
 namespace fused_accum {
 
 namespace {
 
+const char* grad_factor_name(const AdamCall& call) {
+  return call.grad_source == GradSource::kUnscale ? "grad_scale" : "grad_multiplier";
+}
+
+// A one-element floating tensor, on the params' device when there are params.
 void check_scalar_tensor(const std::optional<at::Tensor>& t, const char* op,
-                         const char* name, const at::Device& device) {
+                         const char* name, const at::Device* device) {
   if (!t.has_value()) return;
   TORCH_CHECK(t->numel() == 1, op, ": ", name, " must hold one element, got ",
               t->numel());
-  TORCH_CHECK(t->device() == device, op, ": ", name, " must be on ", device,
-              " like the params, got ", t->device());
+  TORCH_CHECK(device == nullptr || t->device() == *device, op, ": ", name, " must be on ",
+              *device, " like the params, got ", t->device());
   TORCH_CHECK(at::isFloatingType(t->scalar_type()), op, ": ", name,
               " must be a floating-point tensor, got ", t->scalar_type());
+}
+
+void check_scalar_tensors(const AdamCall& call, const at::Device* device) {
+  check_scalar_tensor(call.lr_tensor, call.op, "lr", device);
+  check_scalar_tensor(call.grad_factor, call.op, grad_factor_name(call), device);
+  check_scalar_tensor(call.found_inf, call.op, "found_inf", device);
 }
 
 }  // namespace
@@ -46,7 +58,10 @@ void check_adam_lists(const AdamCall& call) {
   if (!l.master_params.empty()) check_list_length(l.master_params, n, op, "master_params");
   if (!l.compensations.empty()) check_list_length(l.compensations, n, op, "compensations");
   if (!l.rounding_seeds.empty()) check_list_length(l.rounding_seeds, n, op, "rounding_seeds");
-  if (n == 0) return;
+  if (n == 0) {
+    check_scalar_tensors(call, nullptr);
+    return;
+  }
 
   const at::Tensor& first = l.params[0];
   const at::Device device = first.device();
@@ -70,11 +85,7 @@ void check_adam_lists(const AdamCall& call) {
               op, ": exp_avgs must have the params' dtype ", dtype,
               dtype == at::kDouble ? "" : " or be float32, bfloat16 or float16", ", got ",
               state);
-  check_scalar_tensor(call.lr_tensor, op, "lr", device);
-  check_scalar_tensor(call.grad_factor, op,
-                      call.grad_source == GradSource::kUnscale ? "grad_scale" : "grad_multiplier",
-                      device);
-  check_scalar_tensor(call.found_inf, op, "found_inf", device);
+  check_scalar_tensors(call, &device);
 }
 
 void check_adam_rows(const AdamCall& call, size_t begin, size_t end) {
@@ -132,6 +143,25 @@ void check_adam_rows(const AdamCall& call, size_t begin, size_t end) {
     TORCH_CHECK(step.device() == device, op, ": state_steps[", i, "] must be on ",
                 device, " like the params, got ", step.device());
   }
+}
+
+void check_adam_memory(const AdamCall& call) {
+  const AdamTensorLists& l = call.lists;
+  MemoryOverlapCheck memory(call.op);
+  memory.add(l.params, "params", true);
+  // Plain grads are only read; unscaled ones are written back, window buffers zeroed.
+  memory.add(l.grads, "grads", call.grad_source != GradSource::kPlain);
+  memory.add(l.exp_avgs, "exp_avgs", true);
+  memory.add(l.exp_avg_sqs, "exp_avg_sqs", true);
+  memory.add(l.max_exp_avg_sqs, "max_exp_avg_sqs", true);
+  memory.add(l.state_steps, "state_steps", true);
+  memory.add(l.master_params, "master_params", true);
+  memory.add(l.compensations, "compensations", true);
+  memory.add(l.rounding_seeds, "rounding_seeds", false);
+  memory.add_read(call.lr_tensor, "lr");
+  memory.add_read(call.grad_factor, grad_factor_name(call));
+  memory.add_read(call.found_inf, "found_inf");
+  memory.check();
 }
 
 }  // namespace fused_accum

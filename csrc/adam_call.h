@@ -109,9 +109,15 @@ void check_adam_lists(const AdamCall& call);
 // must have passed. Every message names the argument and the index.
 void check_adam_rows(const AdamCall& call, size_t begin, size_t end);
 
+// That no written tensor shares memory with another argument or with itself;
+// the rows must have passed check_adam_rows.
+void check_adam_memory(const AdamCall& call);
+
+// Every check, in the order a backend runs them before its first write.
 inline void check_adam_call(const AdamCall& call) {
   check_adam_lists(call);
   check_adam_rows(call, 0, call.lists.params.size());
+  check_adam_memory(call);
 }
 
 // ---------------------------------------------------------- entry points

@@ -29,7 +29,7 @@
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 
-#include "adam_element_op.h"
+#include "adam_call.h"
 
 #include <deque>
 #include <optional>
@@ -196,9 +196,49 @@ struct Hyper {
   bool amsgrad, maximize, decoupled;
 };
 
-void call_operator(const TensorGroup& g, const LearningRate& lr, const Hyper& h,
-                   ParamWrite write, bool window, const OptionalTensor& grad_factor,
-                   const OptionalTensor& found_inf) {
+// The arguments of one group's operator call, beyond the group's own lists.
+struct GroupCall {
+  TensorList masters, compensations, seeds;
+  OptionalTensor lr_tensor, factor, inf;
+};
+
+GroupCall group_call(const TensorGroup& g, const LearningRate& lr, ParamWrite write,
+                     const OptionalTensor& grad_factor, const OptionalTensor& found_inf) {
+  GroupCall c;
+  const bool writes = !TensorList(g.write_states).empty();
+  if (writes && write == ParamWrite::kFromMaster) c.masters = g.write_states;
+  if (writes && write == ParamWrite::kKahan) c.compensations = g.write_states;
+  if (writes && write == ParamWrite::kStochastic) c.seeds = g.write_states;
+  c.lr_tensor = on_device(lr.tensor, g.device);
+  c.factor = on_device(grad_factor, g.device);
+  c.inf = on_device(found_inf, g.device);
+  return c;
+}
+
+#define FA_LISTS                                                                          \
+  g.params, g.grads, g.exp_avgs, g.exp_avg_sqs, g.max_exp_avg_sqs, g.steps, c.masters,   \
+      c.compensations, c.seeds
+#define FA_HYPER h.beta1, h.beta2, h.weight_decay, h.eps, h.amsgrad, h.maximize, h.decoupled
+
+// The checks the group's operator runs before it writes (adam_call.h): run for
+// every group before the first operator call, so a step refused for one group
+// changes no other.
+void check_group(const TensorGroup& g, const GroupCall& c, const LearningRate& lr,
+                 const Hyper& h, bool window) {
+  const GradSource source = window      ? GradSource::kWindowBuffer
+                            : c.factor ? GradSource::kUnscale
+                                       : GradSource::kPlain;
+  AdamCall call = make_adam_call(FA_LISTS, lr.value, FA_HYPER, source,
+                                 window ? "fused_accum.adam_window_step_"
+                                        : "fused_accum.adam_step_");
+  call.lr_tensor = c.lr_tensor;
+  call.grad_factor = c.factor;
+  call.found_inf = c.inf;
+  check_adam_call(call);
+}
+
+void call_operator(const TensorGroup& g, const GroupCall& c, const LearningRate& lr,
+                   const Hyper& h, bool window) {
   static const auto step_float = find_operator<StepFloatLr>("fused_accum::adam_step_", "");
   static const auto step_tensor =
       find_operator<StepTensorLr>("fused_accum::adam_step_", "tensor_lr");
@@ -206,32 +246,21 @@ void call_operator(const TensorGroup& g, const LearningRate& lr, const Hyper& h,
       find_operator<WindowFloatLr>("fused_accum::adam_window_step_", "");
   static const auto window_tensor =
       find_operator<WindowTensorLr>("fused_accum::adam_window_step_", "tensor_lr");
-  const OptionalTensor lr_tensor = on_device(lr.tensor, g.device);
-  const OptionalTensor factor = on_device(grad_factor, g.device);
-  const OptionalTensor inf = on_device(found_inf, g.device);
-  const TensorList none;
-  const bool writes = !TensorList(g.write_states).empty();
-  const TensorList masters = writes && write == ParamWrite::kFromMaster ? g.write_states : none;
-  const TensorList compensations = writes && write == ParamWrite::kKahan ? g.write_states : none;
-  const TensorList seeds = writes && write == ParamWrite::kStochastic ? g.write_states : none;
-#define FA_LISTS                                                                          \
-  g.params, g.grads, g.exp_avgs, g.exp_avg_sqs, g.max_exp_avg_sqs, g.steps, masters,     \
-      compensations, seeds
-#define FA_HYPER h.beta1, h.beta2, h.weight_decay, h.eps, h.amsgrad, h.maximize, h.decoupled
   if (window) {
-    if (lr_tensor) {
-      window_tensor.call(FA_LISTS, *factor, *lr_tensor, FA_HYPER, inf);
+    if (c.lr_tensor) {
+      window_tensor.call(FA_LISTS, *c.factor, *c.lr_tensor, FA_HYPER, c.inf);
     } else {
-      window_float.call(FA_LISTS, *factor, lr.value, FA_HYPER, inf);
+      window_float.call(FA_LISTS, *c.factor, lr.value, FA_HYPER, c.inf);
     }
-  } else if (lr_tensor) {
-    step_tensor.call(FA_LISTS, *lr_tensor, FA_HYPER, factor, inf);
+  } else if (c.lr_tensor) {
+    step_tensor.call(FA_LISTS, *c.lr_tensor, FA_HYPER, c.factor, c.inf);
   } else {
-    step_float.call(FA_LISTS, lr.value, FA_HYPER, factor, inf);
+    step_float.call(FA_LISTS, lr.value, FA_HYPER, c.factor, c.inf);
   }
+}
+
 #undef FA_HYPER
 #undef FA_LISTS
-}
 
 class ParamGroupPlan {
  public:
@@ -300,8 +329,16 @@ class ParamGroupPlan {
     // are boxed fallbacks that only pass the call on; like torch's fused step,
     // this one bumps no version counters.
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    for (const TensorGroup& g : groups) {
-      call_operator(g, rate, hyper, write, window, factor, inf);
+    std::vector<GroupCall> calls;
+    calls.reserve(groups.size());
+    for (const TensorGroup& g : groups) calls.push_back(group_call(g, rate, write, factor, inf));
+    // The first group's operator checks its own call before writing; the others
+    // are checked here, before it runs.
+    for (size_t k = 1; k < groups.size(); ++k) {
+      check_group(groups[k], calls[k], rate, hyper, window);
+    }
+    for (size_t k = 0; k < groups.size(); ++k) {
+      call_operator(groups[k], calls[k], rate, hyper, window);
     }
     END_HANDLE_TH_ERRORS_PYBIND
   }

@@ -24,11 +24,12 @@ inline void check_member(const at::Tensor& t, size_t i, const char* op, const ch
               "] must be a strided (dense) tensor, got layout ", t.layout());
 }
 
-inline void check_same_shape(const at::Tensor& t, const at::Tensor& param, size_t i,
-                             const char* op, const char* name) {
+// t has the shape of lead (lead_name[i]: params, or buffers for accumulate_).
+inline void check_same_shape(const at::Tensor& t, const at::Tensor& lead, size_t i,
+                             const char* op, const char* name, const char* lead_name = "params") {
   TORCH_CHECK(t.defined(), op, ": ", name, "[", i, "] is undefined");
-  TORCH_CHECK(t.sizes() == param.sizes(), op, ": ", name, "[", i, "] must have shape ",
-              param.sizes(), " like params[", i, "], got ", t.sizes());
+  TORCH_CHECK(t.sizes() == lead.sizes(), op, ": ", name, "[", i, "] must have shape ",
+              lead.sizes(), " like ", lead_name, "[", i, "], got ", t.sizes());
 }
 
 }  // namespace fused_accum

@@ -18,18 +18,18 @@ namespace {
 
 template <typename B, typename G>
 void accumulate_piece(B* __restrict__ buffer, const G* __restrict__ grad, int64_t begin,
-                      int64_t end, float scale) {
-  // Grads are read as float values: a class-typed (bfloat16) temporary inside an
-  // `omp simd` loop keeps GCC from vectorising it.
+                      int64_t end, AccumulateMath<B> scale) {
+  // Grads are read as values of the math type: a class-typed (bfloat16) temporary
+  // inside an `omp simd` loop keeps GCC from vectorising it.
 #pragma omp simd
   for (int64_t i = begin; i < end; ++i) {
-    accumulate_element(buffer[i], static_cast<float>(grad[i]), scale);
+    accumulate_element(buffer[i], static_cast<AccumulateMath<B>>(grad[i]), scale);
   }
 }
 
 void accumulate_cpu(at::TensorList buffers, at::TensorList grads, double scale) {
   const char* op = "fused_accum.accumulate_";
-  check_accumulate_args(buffers, grads, op);
+  check_accumulate_args(buffers, grads, scale, op);
   if (buffers.empty()) return;
   DenseRows rows({buffers, grads}, {true, false});
   std::vector<int64_t> numels(rows.rows());
@@ -47,7 +47,8 @@ void accumulate_cpu(at::TensorList buffers, at::TensorList grads, double scale) 
         grad_ptrs[i] = loop_pointer(rows.at(1, i).data_ptr<G>());
       }
       segments.parallel_for_each_piece([&](int64_t t, int64_t begin, int64_t end) {
-        accumulate_piece(buffer_ptrs[t], grad_ptrs[t], begin, end, static_cast<float>(scale));
+        accumulate_piece(buffer_ptrs[t], grad_ptrs[t], begin, end,
+                         static_cast<AccumulateMath<B>>(scale));
       });
     };
     if (buffers[0].scalar_type() == at::kFloat) {

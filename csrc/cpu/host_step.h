@@ -81,17 +81,19 @@ inline std::optional<HostStep> begin_host_step(const AdamCall& call) {
   return step;
 }
 
-// A whole host-side Adam call: every check, the prologue above, staged rows, then
-// update(rows, optional_rows, step).
+// A whole host-side Adam call: every check, staged rows, the prologue above, then
+// update(rows, optional_rows, step). Nothing is written before the checks and the
+// staging (which allocates) have passed, so a call that fails changes nothing.
 template <typename Update>
 void run_host_adam(const AdamCall& call, const Update& update) {
   check_adam_lists(call);
   if (call.lists.params.empty()) return;
   check_rows_in_parallel(call);
-  const std::optional<HostStep> step = begin_host_step(call);
-  if (!step) return;
+  check_adam_memory(call);
   AdamOptionalRows optional;
   DenseRows rows = adam_dense_rows(call, &optional);
+  const std::optional<HostStep> step = begin_host_step(call);
+  if (!step) return;
   update(rows, optional, *step);
   rows.finish();
 }

@@ -104,7 +104,7 @@ void sum_partials(const double* partials, int64_t count, const at::Tensor& out) 
 
 template <typename B, typename G>
 struct AccumulateOp {
-  float scale;
+  AccumulateMath<B> scale;
   __device__ __forceinline__ void operator()(B& buffer, const G& grad) const {
     accumulate_element(buffer, grad, scale);
   }
@@ -116,7 +116,7 @@ at::Tensor partials_on(const at::Device& device, int64_t count) {
 
 void accumulate_cuda(at::TensorList buffers, at::TensorList grads, double scale) {
   const char* op = "fused_accum.accumulate_";
-  check_accumulate_args(buffers, grads, op);
+  check_accumulate_args(buffers, grads, scale, op);
   if (buffers.empty()) return;
   const at::Device device = buffers[0].device();
   TORCH_CHECK(device.is_cuda(), op, ": buffers must be CUDA tensors here, got ", device);
@@ -135,7 +135,7 @@ void accumulate_cuda(at::TensorList buffers, at::TensorList grads, double scale)
     using G = scalar_t;
     auto run = [&](auto buffer_tag) {
       using B = decltype(buffer_tag);
-      const AccumulateOp<B, G> element{static_cast<float>(scale)};
+      const AccumulateOp<B, G> element{static_cast<AccumulateMath<B>>(scale)};
       apply_chunked<2>(addresses, numels, ElementwiseChunk<AccumulateOp<B, G>, B, const G>{element});
     };
     if (buffers[0].scalar_type() == at::kFloat) {

@@ -423,10 +423,10 @@ void adam_cuda(const AdamCall& call) {
                             h.eps,
                             call.grad_source == GradSource::kWindowBuffer};
 
-  increment_steps(l.state_steps, args);
-
+  // Staged before the first write: a failed allocation leaves the steps uncounted.
   AdamOptionalRows optional;
   DenseRows rows = adam_dense_rows(call, &optional);
+  increment_steps(l.state_steps, args);
   dispatch_adam_storage(call, [&](auto param_tag, auto grad_tag) {
     launch_typed_update<decltype(param_tag), decltype(grad_tag)>(rows, optional, call, args);
   });
