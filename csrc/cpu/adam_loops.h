@@ -128,6 +128,10 @@ struct Streams {
 // most (bfloat16 params and moments, with bfloat16 grads or the float32 buffers
 // of an accumulation window), where the loop then carries no branch on them
 // and, its streams being mostly bfloat16, takes the lanes in even/odd order.
+// Measured in turns on a Zen 3 EPYC (AVX2), one thread, a bfloat16 AdamW step of
+// 2048 elements in cache: 1.04 ns per element with 8 lanes in order, 0.70 with
+// 16 in even/odd order and NaN-free stores; at gpt2-small size on two threads
+// the bfloat16 step went from 0.94x to 1.58-1.66x the float32 one.
 struct RuntimeLayout {
   static constexpr LaneOrder order = LaneOrder::kInOrder;
   Storage param, grad, state;
