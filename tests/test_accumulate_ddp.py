@@ -8,7 +8,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
 from fused_accum import FusedAdamW, GradAccumulator
-from spawn import free_port
+from bounded_spawn import free_port
 from test_accumulate import feed
 
 WORLD, STEPS, WINDOWS, LR, MAX_NORM = 2, 3, 3, 1e-2, 0.05

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from fused_accum import FusedAdamW, GradAccumulator
-from spawn import free_port, spawn
+from bounded_spawn import free_port, spawn
 from test_accumulate_ddp import LR, MAX_NORM, STEPS, WORLD, rank_batches
 from test_fsdp import full, make_model, shard
 

@@ -18,7 +18,7 @@ from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
                                                parallelize_module)
 
 from fused_accum import FusedAdam, FusedAdamW, GradAccumulator
-from spawn import free_port, spawn
+from bounded_spawn import free_port, spawn
 from test_accumulate import feed, run_reference
 from test_accumulate_ddp import LR, MAX_NORM, STEPS, WINDOWS, WORLD, rank_batches
 
